@@ -1,0 +1,420 @@
+"""Block-masked diffusion sampling for LLaDA2 models (the LLaDA2.0 `generate` algorithm, with an exact block KV cache).
+
+The canvas (prompt + `gen_length` masks, rounded up to whole blocks) is denoised one `block_length` block at a time.
+Attention is block-causal: a token sees its own block and every earlier block. Inside a block, each step predicts
+every masked position, then commits either all predictions whose confidence beats `threshold` (when they meet the
+step's quota) or the quota's most confident ones. Committed tokens are final.
+
+Because a finished block never attends to later tokens, its keys and values are final too: they are cached once and
+each later step only runs the active block. The cached and uncached paths make the same decisions.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from transformers import GenerationConfig
+from transformers.utils import ModelOutput
+
+# The original `generate()` defaults (LLaDA2.0 Hub remote code), except that temperature 0 really is greedy.
+DIFFUSION_DEFAULTS = {
+    "gen_length": 2048,
+    "block_length": 32,
+    "steps": 32,
+    "threshold": 0.95,
+    "temperature": 0.0,
+    "top_k": None,
+    "top_p": None,
+    "eos_early_stop": False,
+    "minimal_topk": 1,
+    "use_block_cache": True,
+    "output_history": False,
+    "return_dict_in_generate": False,
+}
+# Keyword names of the original API, accepted as aliases.
+ALIASES = {"eos_id": "eos_token_id", "mask_id": "mask_token_id", "max_new_tokens": "gen_length"}
+
+
+class LLaDA2GenerationConfig(GenerationConfig):
+    r"""
+    Generation settings of block-diffusion decoding. Fields left `None` fall back to the model config (block length,
+    special ids) and then to the original LLaDA2.0 defaults.
+
+    Args:
+        gen_length (`int`, defaults to 2048): tokens to generate (`max_new_tokens` is an alias).
+        block_length (`int`, defaults to `config.block_length`, 32): tokens denoised together; the attention block.
+        steps (`int`, defaults to 32): most denoising forwards per block (capped at `gen_length // minimal_topk`).
+        threshold (`float` in (0, 1], defaults to 0.95): commit every prediction above it when they meet the quota.
+        temperature (`float`, defaults to 0.0): 0 is greedy; > 0 samples after `top_k` / `top_p` filtering.
+        eos_early_stop (`bool`, defaults to False): stop mid-block once EOS is committed with nothing masked before it.
+        minimal_topk (`int`, defaults to 1), mask_token_id, eos_token_id, pad_token_id (`int`)
+        use_block_cache (`bool`, defaults to True): cache finished blocks' keys/values (exact; False re-runs the prefix).
+        output_history (`bool`, defaults to False): record the generated region after every forward.
+    """
+
+    def __init__(self, **kwargs):
+        own = {key: kwargs.pop(key, None) for key in (*DIFFUSION_DEFAULTS, "mask_token_id")}
+        for alias, name in ALIASES.items():
+            if alias in kwargs and own.get(name) is None:
+                own[name] = kwargs.pop(alias)
+        super().__init__(**kwargs)
+        for key, value in own.items():
+            if value is not None or not hasattr(self, key):
+                setattr(self, key, value)
+
+    def resolve(self, model_config) -> "LLaDA2GenerationConfig":
+        """A copy with every field filled (model config first, then the original defaults) and validated."""
+        resolved = LLaDA2GenerationConfig(**self.to_dict())
+        for key, default in DIFFUSION_DEFAULTS.items():
+            if getattr(resolved, key, None) is None:
+                fallback = getattr(model_config, key, None) if key == "block_length" else None
+                setattr(resolved, key, fallback if fallback is not None else default)
+        for key in ("mask_token_id", "eos_token_id", "pad_token_id"):
+            if getattr(resolved, key, None) is None:
+                setattr(resolved, key, getattr(model_config, key, None))
+        if resolved.pad_token_id is None:
+            resolved.pad_token_id = resolved.eos_token_id
+        resolved.check(model_config.vocab_size)
+        return resolved
+
+    def check(self, vocab_size: int):
+        """Raise `ValueError` naming the argument when a diffusion setting is out of range."""
+
+        def positive_int(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+        for name in ("gen_length", "block_length", "steps", "minimal_topk"):
+            positive_int(name)
+        if self.gen_length // self.minimal_topk < 1:
+            raise ValueError(f"`minimal_topk` ({self.minimal_topk}) must be <= `gen_length` ({self.gen_length}).")
+        if not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"`threshold` must be in (0, 1], got {self.threshold!r}.")
+        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+            raise ValueError(f"`temperature` must be >= 0, got {self.temperature!r}.")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
+            raise ValueError(f"`top_k` must be None or an integer >= 0, got {self.top_k!r}.")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"`top_p` must be None or in (0, 1], got {self.top_p!r}.")
+        for name in ("mask_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if name == "mask_token_id" and value is None:
+                raise ValueError(
+                    "`mask_token_id` is not set: pass `mask_token_id=` (or `mask_id=`) or set it in the model config."
+                )
+            if value is not None and not (isinstance(value, int) and 0 <= value < vocab_size):
+                raise ValueError(f"`{name}` ({value!r}) is not an id of the vocabulary [0, {vocab_size}).")
+
+
+@dataclass
+class LLaDA2GenerateOutput(ModelOutput):
+    """
+    sequences (`torch.LongTensor` [B, prompt + generated]): the prompt followed by the generated ids; positions after
+        a row's first EOS (and past a shorter row's end) hold `pad_token_id`.
+    num_forward_passes (`int`): denoising forwards (the original's `num_forward_calls`).
+    history (`tuple[torch.LongTensor]`, *optional*): the generated region [B, gen_length] after every forward,
+        masks included, for visualisation.
+    """
+
+    sequences: Optional[torch.LongTensor] = None
+    num_forward_passes: Optional[int] = None
+    history: Optional[tuple] = None
+
+
+class BlockDiffusionCache:
+    """Keys/values of finished blocks, in preallocated buffers.
+
+    Every layer writes the tokens of the current forward after the cached prefix; `crop(n)` then keeps the first `n`
+    positions, so the active block's entries are overwritten by the next step instead of being appended.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.length = 0
+        self.keys: list = []
+        self.values: list = []
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise ValueError(f"BlockDiffusionCache holds {self.capacity} positions; {end} were requested.")
+        if layer_idx == len(self.keys):
+            shape = (*key_states.shape[:-2], self.capacity, key_states.shape[-1])
+            self.keys.append(key_states.new_empty(shape))
+            self.values.append(value_states.new_empty((*shape[:-1], value_states.shape[-1])))
+        self.keys[layer_idx][..., self.length : end, :] = key_states
+        self.values[layer_idx][..., self.length : end, :] = value_states
+        return self.keys[layer_idx][..., :end, :], self.values[layer_idx][..., :end, :]
+
+    def crop(self, length: int):
+        self.length = length
+
+
+def transfer_schedule(block_length: int, steps: int) -> list:
+    """Tokens to commit at each step of a block: an even split, the remainder going to the first steps."""
+    base, extra = divmod(block_length, steps)
+    return [base + (1 if step < extra else 0) for step in range(steps)]
+
+
+def _filter_top_k(logits, top_k):
+    if not top_k or top_k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def _filter_top_p(logits, top_p):
+    if top_p is None or top_p >= 1.0:
+        return logits
+    sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative > top_p
+    remove[..., 1:] = remove[..., :-1].clone()  # keep the token that crosses top_p
+    remove[..., 0] = False
+    return logits.masked_fill(remove.scatter(-1, sorted_idx, remove), float("-inf"))
+
+
+def sample_tokens(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
+    """Candidate token and its probability (the confidence) for every position of `logits` [..., V]."""
+    logits = logits.float()
+    if temperature == 0.0:
+        probs = logits.softmax(dim=-1)
+        confidence, tokens = probs.max(dim=-1)
+        return tokens, confidence
+    flat = logits.reshape(-1, logits.shape[-1]) / temperature
+    flat = _filter_top_p(_filter_top_k(flat, top_k), top_p)
+    probs = flat.softmax(dim=-1)
+    tokens = torch.multinomial(probs, num_samples=1, generator=generator)
+    confidence = probs.gather(-1, tokens)
+    return tokens.view(logits.shape[:-1]), confidence.view(logits.shape[:-1])
+
+
+def select_transfers(confidence, active, quota, threshold):
+    """Boolean [B, L] of positions to commit: all above `threshold` if they meet `quota`, else the top-`quota`."""
+    confidence = confidence.masked_fill(~active, float("-inf"))
+    above = confidence > threshold
+    enough = above.sum(dim=-1) >= quota
+    k = torch.clamp(active.sum(dim=-1), max=quota)
+    ranks = torch.empty_like(confidence, dtype=torch.long)
+    ranks.scatter_(-1, confidence.argsort(dim=-1, descending=True, stable=True),
+                   torch.arange(confidence.shape[-1], device=confidence.device).expand_as(confidence))
+    top = ranks < k.unsqueeze(-1)
+    return torch.where(enough.unsqueeze(-1), above, top) & active
+
+
+class LLaDA2MoeGenerationMixin:
+    """`generate()` for LLaDA2 models: block-masked diffusion with an exact KV cache of finished blocks."""
+
+    def _diffusion_config(self, generation_config, kwargs) -> LLaDA2GenerationConfig:
+        base = generation_config if generation_config is not None else getattr(self, "generation_config", None)
+        config = LLaDA2GenerationConfig(**(base.to_diff_dict() if base is not None else {}))
+        for alias, name in ALIASES.items():
+            if alias in kwargs:
+                kwargs[name] = kwargs.pop(alias)
+        for key in (*DIFFUSION_DEFAULTS, "mask_token_id", "eos_token_id", "pad_token_id"):
+            if key in kwargs:
+                value = kwargs.pop(key)
+                if value is not None:
+                    setattr(config, key, value)
+        return config.resolve(self.config)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: Optional[torch.LongTensor] = None,
+        generation_config: Optional[GenerationConfig] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        streamer=None,
+        generator: Optional[torch.Generator] = None,
+        **kwargs,
+    ):
+        r"""
+        Block-diffusion generation of `gen_length` tokens after `inputs`.
+
+        Args:
+            inputs / input_ids (`torch.LongTensor` [B, P]): prompts, left-padded when `attention_mask` marks padding.
+            generation_config (`LLaDA2GenerationConfig`, *optional*): base settings; keyword arguments override them.
+            attention_mask (`torch.Tensor` [B, P], *optional*): 1 for real tokens, 0 for left padding.
+            streamer (*optional*): a transformers streamer (batch 1); it receives the prompt, then each finished
+                block. A streamer with `put_draft` also gets the partly denoised block after every step.
+            generator (`torch.Generator`, *optional*): randomness for `temperature > 0`.
+            **kwargs: any `LLaDA2GenerationConfig` field, under its own name or the original one (`eos_id`,
+                `mask_id`, `max_new_tokens` for `gen_length`).
+
+        Returns:
+            `torch.LongTensor` [B, P + generated] (prompt then generated ids), or `LLaDA2GenerateOutput` when
+            `return_dict_in_generate=True`.
+        """
+        if inputs is None:
+            inputs = kwargs.pop("input_ids", None)
+        if inputs is None:
+            raise ValueError("`inputs` (or `input_ids`) is required: a LongTensor of prompt ids [batch, length].")
+        if inputs.dim() == 1:
+            inputs = inputs.unsqueeze(0)
+        config = self._diffusion_config(generation_config, kwargs)
+        if kwargs:
+            raise ValueError(f"unknown generate() arguments: {sorted(kwargs)}.")
+        prompts = _split_prompts(inputs, attention_mask)
+        longest = max(len(p) for p in prompts)
+        limit = self.config.max_position_embeddings
+        if longest > limit:
+            raise ValueError(f"`input_ids` has a prompt of {longest} tokens, longer than max_position_embeddings={limit}.")
+        if longest + config.gen_length > limit:
+            raise ValueError(
+                f"`gen_length` ({config.gen_length}) + prompt ({longest}) exceeds max_position_embeddings={limit}."
+            )
+        if streamer is not None and len(prompts) != 1:
+            raise ValueError("`streamer` supports batch size 1 only.")
+
+        sequences, passes, history = self._denoise(prompts, config, streamer, generator)
+        output = torch.cat([inputs.to(sequences.device), sequences], dim=1)
+        if streamer is not None:
+            streamer.end()
+        if config.return_dict_in_generate:
+            return LLaDA2GenerateOutput(sequences=output, num_forward_passes=passes, history=history)
+        return output
+
+    def _denoise(self, prompts, config, streamer, generator):
+        device = self.device
+        L, G, mask_id = config.block_length, config.gen_length, config.mask_token_id
+        batch = len(prompts)
+        # Each row keeps its own block alignment (blocks start at multiples of L from its first real token): rows are
+        # shifted by whole blocks so that every row's first active block is the same canvas block.
+        first_block = max(len(p) // L for p in prompts)
+        offsets = [L * (first_block - len(p) // L) for p in prompts]
+        row_ends = [off + math.ceil((len(p) + G) / L) * L for off, p in zip(offsets, prompts)]
+        total = max(row_ends)
+        fill = config.pad_token_id
+        canvas = torch.full((batch, total), fill, dtype=torch.long, device=device)
+        positions = torch.zeros((batch, total), dtype=torch.long, device=device)
+        key_valid = torch.zeros((batch, total), dtype=torch.bool, device=device)
+        gen_start = []
+        for row, (prompt, off, end) in enumerate(zip(prompts, offsets, row_ends)):
+            canvas[row, off : off + len(prompt)] = prompt.to(device)
+            canvas[row, off + len(prompt) : end] = mask_id
+            positions[row, off:] = torch.arange(total - off, device=device)
+            key_valid[row, off:] = True
+            gen_start.append(off + len(prompt))
+        allowed = _block_causal_mask(key_valid, L)
+
+        steps = min(config.steps, G // config.minimal_topk)
+        quotas = transfer_schedule(L, steps)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        cache = BlockDiffusionCache(total) if config.use_block_cache else None
+        cached = 0
+        passes, history = 0, []
+        gen_index = torch.tensor(gen_start, device=device).unsqueeze(1) + torch.arange(G, device=device)
+        streamed_eos = False
+        if streamer is not None:
+            streamer.put(prompts[0].cpu())
+
+        for block in range(first_block, total // L):
+            start, end = block * L, (block + 1) * L
+            for step in range(steps):
+                active = (canvas[:, start:end] == mask_id) & ~finished.unsqueeze(1)
+                if not active.any():
+                    break
+                lo = cached if cache is not None else 0
+                logits = self(
+                    input_ids=canvas[:, lo:end],
+                    attention_mask=allowed[:, :, lo:end, :end],
+                    position_ids=positions[:, lo:end],
+                    past_key_values=cache,
+                    logits_to_keep=L,
+                ).logits
+                passes += 1
+                if cache is not None:
+                    cache.crop(start)
+                    cached = start
+                tokens, confidence = sample_tokens(
+                    logits, config.temperature, config.top_k, config.top_p, generator=generator
+                )
+                commit = select_transfers(confidence, active, quotas[step], config.threshold)
+                canvas[:, start:end] = torch.where(commit, tokens, canvas[:, start:end])
+                if config.output_history:
+                    history.append(canvas.gather(1, gen_index).cpu())
+                if streamer is not None and hasattr(streamer, "put_draft"):
+                    streamer.put_draft(canvas[0, max(start, gen_start[0]) : end].cpu())
+                if config.eos_early_stop and config.eos_token_id is not None:
+                    finished |= _eos_settled(canvas, gen_start, end, config.eos_token_id, mask_id)
+            if streamer is not None and not streamed_eos:
+                streamed_eos = _stream_block(streamer, canvas[0, max(start, gen_start[0]) : end], config.eos_token_id)
+            if config.eos_token_id is not None:
+                for row in range(batch):
+                    if (canvas[row, gen_start[row] : end] == config.eos_token_id).any():
+                        finished[row] = True
+            if finished.all():
+                break
+
+        generated = canvas.gather(1, gen_index)
+        return _cut_after_eos(generated, config.eos_token_id, fill), passes, tuple(history) or None
+
+
+def _split_prompts(inputs, attention_mask):
+    """Real tokens of each row; padding must be on the left."""
+    if attention_mask is None:
+        return list(inputs)
+    if attention_mask.shape != inputs.shape:
+        raise ValueError(
+            f"`attention_mask` must have the shape of `inputs` {list(inputs.shape)}, got {list(attention_mask.shape)}."
+        )
+    keep = attention_mask.bool()
+    prompts = []
+    for row, row_keep in enumerate(keep):
+        count = int(row_keep.sum())
+        if count == 0:
+            raise ValueError(f"`attention_mask` row {row} has no real token.")
+        if not row_keep[-count:].all():
+            raise ValueError("`attention_mask` must describe left padding (zeros first, then ones).")
+        prompts.append(inputs[row, -count:])
+    return prompts
+
+
+def _block_causal_mask(key_valid, block_length):
+    """[B, 1, T, T] bool: a query sees its own and earlier blocks, never padding (a padding query sees itself)."""
+    total = key_valid.shape[1]
+    block = torch.arange(total, device=key_valid.device) // block_length
+    allowed = (block.unsqueeze(1) >= block.unsqueeze(0)).unsqueeze(0) & key_valid.unsqueeze(1)
+    allowed |= torch.eye(total, dtype=torch.bool, device=key_valid.device).unsqueeze(0)
+    return allowed.unsqueeze(1)
+
+
+def _stream_block(streamer, tokens, eos_id):
+    """Send a finished block's tokens, up to and including the first EOS; True once EOS has been sent."""
+    tokens = tokens.cpu()
+    hits = (tokens == eos_id).nonzero() if eos_id is not None else []
+    if len(hits):
+        tokens = tokens[: int(hits[0]) + 1]
+    if len(tokens):
+        streamer.put(tokens)
+    return bool(len(hits))
+
+
+def _eos_settled(canvas, gen_start, end, eos_id, mask_id):
+    """Rows whose first generated EOS is committed with no mask between the prompt and it."""
+    settled = torch.zeros(canvas.shape[0], dtype=torch.bool, device=canvas.device)
+    for row, begin in enumerate(gen_start):
+        region = canvas[row, begin:end]
+        hits = (region == eos_id).nonzero()
+        if len(hits) and not (region[: int(hits[0])] == mask_id).any():
+            settled[row] = True
+    return settled
+
+
+def _cut_after_eos(generated, eos_id, fill):
+    """Everything after a row's first EOS becomes `fill`; trailing columns that are `fill` in every row are dropped."""
+    if eos_id is None:
+        return generated
+    is_eos = generated == eos_id
+    after = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    generated = generated.masked_fill(after, fill)
+    kept = (~after).sum(dim=1).max()
+    return generated[:, : int(kept)]
+
+
+__all__ = ["LLaDA2GenerationConfig", "LLaDA2GenerateOutput", "LLaDA2MoeGenerationMixin", "BlockDiffusionCache"]
