@@ -40,11 +40,12 @@ class LLaDA2MoeRotaryEmbedding(nn.Module):
     def __init__(self, config: LLaDA2MoeConfig, device=None):
         super().__init__()
         self.rotary_dim = config.rotary_dim
-        inv_freq = 1.0 / (
-            config.rope_theta
-            ** (torch.arange(0, self.rotary_dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / self.rotary_dim)
-        )
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.rope_theta = config.rope_theta
+        self.register_buffer("inv_freq", self.compute_inv_freq(device), persistent=False)
+
+    def compute_inv_freq(self, device=None) -> torch.Tensor:
+        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float)
+        return 1.0 / (self.rope_theta ** (exponents / self.rotary_dim))
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -319,6 +320,9 @@ class LLaDA2MoePreTrainedModel(PreTrainedModel):
         elif isinstance(module, LLaDA2MoeGate):
             _init("normal_", module.weight, mean=0.0, std=std)
             _init("zeros_", module.expert_bias)
+        elif isinstance(module, LLaDA2MoeRotaryEmbedding):
+            # A non-persistent buffer: models built on the meta device by from_pretrained must recompute it here.
+            _init("copy_", module.inv_freq, other=module.compute_inv_freq(module.inv_freq.device))
         elif isinstance(module, LLaDA2MoeExperts):
             _init("normal_", module.gate_up_proj, mean=0.0, std=std)
             _init("normal_", module.down_proj, mean=0.0, std=std)

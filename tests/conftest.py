@@ -1,0 +1,83 @@
+"""Shared test fixtures: parity fixture paths, tiny random configs, and a plugin-free Python subprocess."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SRC_DIR = REPO_ROOT / "src"
+PARITY_DIR = REPO_ROOT.parent / "shared" / "parity" / "public"
+
+
+def tiny_config_kwargs(**overrides):
+    """A small LLaDA2 MoE config (2 dense-free-ish layers, 8 experts) used across the unit tests."""
+    kwargs = dict(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=48,
+        moe_intermediate_size=8,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        first_k_dense_replace=1,
+        num_experts=8,
+        num_experts_per_tok=2,
+        num_shared_experts=1,
+        n_group=4,
+        topk_group=2,
+        routed_scaling_factor=2.5,
+        max_position_embeddings=1024,
+        mask_token_id=127,
+        eos_token_id=126,
+        pad_token_id=126,
+        bos_token_id=125,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+@pytest.fixture
+def parity_dir():
+    if not PARITY_DIR.is_dir():
+        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
+    return PARITY_DIR
+
+
+# Prepended to every script run by `run_without_plugin`: drop every route to this repo's `src/` so that only the
+# remote code inside a saved folder can provide the classes.
+_SANITIZE = textwrap.dedent(
+    f"""
+    import sys
+    _src = {str(SRC_DIR)!r}
+    sys.path[:] = [p for p in sys.path if p and not p.startswith(_src)]
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
+    try:
+        import transformers_llada_uni  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("transformers_llada_uni is still importable: the plugin-free check is void")
+    """
+)
+
+
+def run_without_plugin(script: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh interpreter where `transformers_llada_uni` cannot be imported; fail on non-zero exit."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    code = _SANITIZE + textwrap.dedent(script)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout, cwd="/"
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
