@@ -63,6 +63,18 @@ class LLaDA2GenerationConfig(GenerationConfig):
             if value is not None or not hasattr(self, key):
                 setattr(self, key, value)
 
+    def validate(self, *args, **kwargs):
+        # In block diffusion temperature / top-k / top-p always shape the confidences (temperature 0 is greedy), so
+        # the base class's "sampling flag without do_sample" complaints do not apply to them.
+        sampling = {key: getattr(self, key, None) for key in ("temperature", "top_k", "top_p")}
+        for key in sampling:
+            setattr(self, key, None)
+        try:
+            return super().validate(*args, **kwargs)
+        finally:
+            for key, value in sampling.items():
+                setattr(self, key, value)
+
     def resolve(self, model_config) -> "LLaDA2GenerationConfig":
         """A copy with every field filled (model config first, then the original defaults) and validated."""
         resolved = LLaDA2GenerationConfig(**self.to_dict())
@@ -339,11 +351,12 @@ class LLaDA2MoeGenerationMixin:
                 if config.output_history:
                     history.append(canvas.gather(1, gen_index).cpu())
                 if streamer is not None and hasattr(streamer, "put_draft"):
-                    streamer.put_draft(canvas[0, max(start, gen_start[0]) : end].cpu())
+                    streamer.put_draft(canvas[0, max(start, gen_start[0]) : min(end, gen_start[0] + G)].cpu())
                 if config.eos_early_stop and config.eos_token_id is not None:
                     finished |= _eos_settled(canvas, gen_start, end, config.eos_token_id, mask_id)
             if streamer is not None and not streamed_eos:
-                streamed_eos = _stream_block(streamer, canvas[0, max(start, gen_start[0]) : end], config.eos_token_id)
+                region = canvas[0, max(start, gen_start[0]) : min(end, gen_start[0] + G)]
+                streamed_eos = _stream_block(streamer, region, config.eos_token_id)
             if config.eos_token_id is not None:
                 for row in range(batch):
                     if (canvas[row, gen_start[row] : end] == config.eos_token_id).any():
