@@ -1,0 +1,223 @@
+"""Lazy reading of a sharded safetensors checkpoint and size-bounded shard writing, shared by the converters."""
+
+import json
+import re
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+
+
+class ConversionError(Exception):
+    """A problem with the input, the options or the written output; the message is meant for the user as is."""
+
+
+# safetensors header dtype names -> torch dtypes.
+_SAFETENSORS_DTYPES = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+for _name, _dtype in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
+    if hasattr(torch, _dtype):
+        _SAFETENSORS_DTYPES[_name] = getattr(torch, _dtype)
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(size) -> int:
+    """`5GB` -> 5 * 10**9, `200MiB` -> 200 * 2**20, `100KB`, or a plain number of bytes (as transformers reads it)."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)?\s*", str(size).upper())
+        if match is None:
+            raise ConversionError(f"cannot read the size {size!r}: use e.g. 5GB, 200MB, 100KB, 2GiB or a byte count")
+        value = int(float(match.group(1)) * _UNITS[match.group(2) or ""])
+    if value <= 0:
+        raise ConversionError(f"the shard size must be positive, got {size!r}")
+    return value
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.bfloat16` -> `"bfloat16"` (the spelling of config.json's `dtype`)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def nbytes(shape, dtype: torch.dtype) -> int:
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    return count * torch.empty((), dtype=dtype).element_size()
+
+
+class SourceCheckpoint:
+    """The safetensors weights of one folder, read lazily: headers at open time, a tensor only when asked for.
+
+    Accepts a sharded checkpoint (`model.safetensors.index.json` + shards) or a single `model.safetensors`. The index
+    and the shards must agree: every listed key must be in its shard and every shard key must be listed.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        index_file = self.folder / SAFE_WEIGHTS_INDEX_NAME
+        single_file = self.folder / SAFE_WEIGHTS_NAME
+        if index_file.is_file():
+            try:
+                weight_map = json.loads(index_file.read_text())["weight_map"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ConversionError(f"{index_file} is not a valid safetensors index ({exc})") from None
+        elif single_file.is_file():
+            weight_map = None
+        else:
+            others = sorted(p.name for pattern in ("*.bin", "*.pt") for p in self.folder.glob(pattern))
+            hint = f" (found {', '.join(others[:3])}: only safetensors checkpoints are supported)" if others else ""
+            raise ConversionError(f"no {SAFE_WEIGHTS_INDEX_NAME} or {SAFE_WEIGHTS_NAME} in {self.folder}{hint}")
+        files = sorted(set(weight_map.values())) if weight_map is not None else [SAFE_WEIGHTS_NAME]
+        self._stack = ExitStack()
+        self._handles = {}
+        self.key_file = {}
+        self.info = {}  # key -> (shape tuple, torch dtype)
+        try:
+            for name in files:
+                path = self.folder / name
+                if not path.is_file():
+                    raise ConversionError(f"the index of {self.folder} lists the missing shard {name}")
+                try:
+                    handle = self._stack.enter_context(safe_open(str(path), framework="pt"))
+                except Exception as exc:  # safetensors raises its own error types for corrupt headers
+                    raise ConversionError(f"cannot read {path}: {exc}") from None
+                self._handles[name] = handle
+                for key in handle.keys():
+                    if key in self.key_file:
+                        raise ConversionError(f"the tensor {key} is stored twice ({self.key_file[key]} and {name})")
+                    tensor_slice = handle.get_slice(key)
+                    dtype = _SAFETENSORS_DTYPES.get(tensor_slice.get_dtype())
+                    if dtype is None:
+                        raise ConversionError(f"{key} in {name} has the unsupported dtype {tensor_slice.get_dtype()}")
+                    self.key_file[key] = name
+                    self.info[key] = (tuple(tensor_slice.get_shape()), dtype)
+            if weight_map is not None:
+                listed_missing = sorted(k for k, f in weight_map.items() if self.key_file.get(k) != f)
+                unlisted = sorted(k for k in self.key_file if k not in weight_map)
+                if listed_missing or unlisted:
+                    raise ConversionError(
+                        f"{SAFE_WEIGHTS_INDEX_NAME} and the shards of {self.folder} disagree: "
+                        + "; ".join(filter(None, [
+                            f"listed but not in their shard: {_short_list(listed_missing)}" if listed_missing else "",
+                            f"in a shard but not listed: {_short_list(unlisted)}" if unlisted else "",
+                        ]))
+                    )
+        except BaseException:
+            self.close()
+            raise
+
+    def keys(self):
+        return list(self.info)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._handles[self.key_file[key]].get_tensor(key)
+
+    def close(self):
+        self._stack.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _short_list(names, limit=8):
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def plan_shards(sizes, max_bytes: int):
+    """Split `[(name, nbytes), ...]` (in order) into shards of at most `max_bytes`; a bigger tensor gets its own."""
+    shards, current, current_size = [], [], 0
+    for name, size in sizes:
+        if current and current_size + size > max_bytes:
+            shards.append(current)
+            current, current_size = [], 0
+        current.append(name)
+        current_size += size
+    if current:
+        shards.append(current)
+    return shards
+
+
+def shard_file_names(count: int):
+    if count == 1:
+        return [SAFE_WEIGHTS_NAME]
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def write_shards(folder: Path, shards, build, total_size: int):
+    """Write every shard (a list of names; `build(name)` returns the tensor) and, when there are several, the index.
+
+    Only one shard's tensors are alive at a time. Returns the written file names.
+    """
+    names = shard_file_names(len(shards))
+    weight_map = {}
+    for file_name, keys in zip(names, shards):
+        tensors = {key: build(key) for key in keys}
+        save_file(tensors, str(Path(folder) / file_name), metadata={"format": "pt"})
+        del tensors
+        weight_map.update({key: file_name for key in keys})
+    if len(names) > 1:
+        index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+        (Path(folder) / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    return names
+
+
+def check_written(folder: Path, expected, max_bytes: int):
+    """Re-read the headers of the weights in `folder` and compare them with `expected` {name: (shape, dtype)}.
+
+    Checks the index against the shards, the key set, every shape and dtype and the shard size bound.
+    Raises `ConversionError` listing the offenders.
+    """
+    with SourceCheckpoint(folder) as written:
+        problems = []
+        missing = sorted(set(expected) - set(written.info))
+        extra = sorted(set(written.info) - set(expected))
+        if missing:
+            problems.append(f"missing tensors: {_short_list(missing)}")
+        if extra:
+            problems.append(f"unexpected tensors: {_short_list(extra)}")
+        for key in sorted(set(expected) & set(written.info)):
+            if written.info[key] != tuple(expected[key]):
+                want, got = expected[key], written.info[key]
+                problems.append(f"{key} is {list(got[0])} {dtype_name(got[1])}, expected {list(want[0])} "
+                                f"{dtype_name(want[1])}")
+        per_file = {}
+        for key, file_name in written.key_file.items():
+            count, size = per_file.get(file_name, (0, 0))
+            per_file[file_name] = (count + 1, size + nbytes(*written.info[key]))
+        for file_name, (count, size) in sorted(per_file.items()):
+            if count > 1 and size > max_bytes:
+                problems.append(f"{file_name} holds {size} bytes of tensors, more than the {max_bytes} allowed")
+        index_file = Path(folder) / SAFE_WEIGHTS_INDEX_NAME
+        if index_file.is_file():
+            total = json.loads(index_file.read_text()).get("metadata", {}).get("total_size")
+            actual = sum(size for _, size in per_file.values())
+            if total != actual:
+                problems.append(f"the index says total_size {total}, the shards hold {actual} bytes")
+    if problems:
+        raise ConversionError("the written checkpoint failed verification: " + "; ".join(problems[:10]))
+    return per_file

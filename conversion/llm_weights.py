@@ -1,0 +1,186 @@
+"""Key mapping of the LLaDA2 MoE backbone: original per-expert checkpoint keys -> this project's fused expert tensors.
+
+Every key keeps its name except the routed experts of each MoE layer:
+
+    model.layers.N.mlp.experts.E.gate_proj.weight [I, H] ┐
+    model.layers.N.mlp.experts.E.up_proj.weight   [I, H] ┴> model.layers.N.mlp.experts.gate_up_proj [E, 2I, H]
+    model.layers.N.mlp.experts.E.down_proj.weight [H, I] --> model.layers.N.mlp.experts.down_proj    [E, H, I]
+
+(row block e of `gate_up_proj` is expert e's gate rows followed by its up rows). `rotary_emb.inv_freq` (a derived
+buffer some exports carry) is dropped. `mlp.gate.expert_bias` is always stored in float32 and may be absent.
+"""
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from conversion.checkpoint_io import ConversionError, _short_list, dtype_name, nbytes
+
+EXPERT_KEY = re.compile(
+    r"^(?P<prefix>(?:.+\.)?layers\.\d+\.mlp\.experts)\.(?P<expert>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$"
+)
+# Derived buffers that some exports save; the model recomputes them.
+DROPPED_KEY = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
+# Tensors kept in float32 whatever the requested dtype (the router's selection bias), and allowed to be absent.
+FP32_KEY = re.compile(r"(^|\.)mlp\.gate\.expert_bias$")
+OPTIONAL_KEY = FP32_KEY
+
+
+@dataclass
+class TargetTensor:
+    """One tensor of the converted checkpoint and how to build it from the source."""
+
+    name: str
+    shape: tuple
+    dtype: torch.dtype
+    kind: str  # "copy" | "gate_up" | "down"
+    sources: tuple  # copy: (key,); gate_up: (gate_0, up_0, gate_1, up_1, ...); down: (down_0, down_1, ...)
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes(self.shape, self.dtype)
+
+
+def expected_llm_tensors(config) -> dict:
+    """{name: shape} of `LLaDA2MoeForCausalLM(config)`'s state dict, in module order, built on the meta device."""
+    from transformers_llada_uni import LLaDA2MoeForCausalLM
+
+    with torch.device("meta"):
+        model = LLaDA2MoeForCausalLM(config)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def output_dtype(name: str, source_dtype: torch.dtype, requested) -> torch.dtype:
+    """The dtype a tensor is written in: float32 for `expert_bias`, the request for floating tensors, else as stored."""
+    if FP32_KEY.search(name):
+        return torch.float32
+    if requested is None or not source_dtype.is_floating_point:
+        return source_dtype
+    return requested
+
+
+def plan_llm_weights(source_info: dict, expected: dict, requested_dtype):
+    """Map every source tensor onto the expected state dict.
+
+    Args:
+        source_info: {source key: (shape, dtype)} of the original checkpoint.
+        expected: {target name: shape} of the model (see `expected_llm_tensors`), in write order.
+        requested_dtype: a floating `torch.dtype`, or `None` to keep the stored dtypes.
+
+    Returns `(targets, notes)`: the `TargetTensor`s in `expected` order and human-readable remarks. Raises
+    `ConversionError` naming every source key that maps nowhere, every target left unfilled and every shape mismatch.
+    """
+    plain, groups, dropped = {}, {}, []
+    for key in source_info:
+        match = EXPERT_KEY.match(key)
+        if match:
+            groups.setdefault(match["prefix"], {})[(int(match["expert"]), match["proj"])] = key
+        elif DROPPED_KEY.search(key):
+            dropped.append(key)
+        else:
+            plain[key] = key
+
+    unknown, missing, mismatched, built = [], [], [], {}
+
+    def check_shape(key, shape, want):
+        if tuple(shape) != tuple(want):
+            mismatched.append(f"{key} {list(shape)} (expected {list(want)})")
+            return False
+        return True
+
+    for key in plain:
+        if key not in expected:
+            unknown.append(key)
+            continue
+        shape, dtype = source_info[key]
+        if check_shape(key, shape, expected[key]):
+            built[key] = TargetTensor(key, tuple(shape), output_dtype(key, dtype, requested_dtype), "copy", (key,))
+
+    for prefix, members in groups.items():
+        gate_up_name, down_name = f"{prefix}.gate_up_proj", f"{prefix}.down_proj"
+        if gate_up_name not in expected or down_name not in expected:
+            unknown.extend(sorted(members.values()))
+            continue
+        num_experts, two_inter, hidden = expected[gate_up_name]
+        inter = two_inter // 2
+        unknown.extend(key for (expert, _), key in sorted(members.items()) if expert >= num_experts)
+        absent = [f"{prefix}.{e}.{proj}.weight" for e in range(num_experts)
+                  for proj in ("gate_proj", "up_proj", "down_proj") if (e, proj) not in members]
+        missing.extend(absent)
+        if absent:
+            continue
+        want = {"gate_proj": (inter, hidden), "up_proj": (inter, hidden), "down_proj": (hidden, inter)}
+        shapes_ok = all(check_shape(members[(e, p)], source_info[members[(e, p)]][0], want[p])
+                        for e in range(num_experts) for p in want)
+        if not shapes_ok:
+            continue
+        gate_up_sources = tuple(members[(e, p)] for e in range(num_experts) for p in ("gate_proj", "up_proj"))
+        down_sources = tuple(members[(e, "down_proj")] for e in range(num_experts))
+        for name, kind, sources in ((gate_up_name, "gate_up", gate_up_sources), (down_name, "down", down_sources)):
+            dtypes = {source_info[key][1] for key in sources}
+            if requested_dtype is None and len(dtypes) > 1:
+                mismatched.append(f"{name}: its experts are stored in different dtypes "
+                                  f"({', '.join(sorted(dtype_name(d) for d in dtypes))}); pass --dtype")
+                continue
+            dtype = output_dtype(name, dtypes.pop(), requested_dtype)
+            built[name] = TargetTensor(name, tuple(expected[name]), dtype, kind, sources)
+
+    notes = []
+    if dropped:
+        notes.append(f"dropped {len(dropped)} derived tensor(s) the model recomputes: "
+                     f"{_short_list(sorted(dropped), 3)}")
+    fused_names = {f"{p}.{suffix}" for p in groups for suffix in ("gate_up_proj", "down_proj")}
+    unfilled = [name for name in expected if name not in built and name not in fused_names]
+    optional = [name for name in unfilled if OPTIONAL_KEY.search(name)]
+    for name in unfilled:
+        if OPTIONAL_KEY.search(name):
+            continue
+        if name.endswith(".experts.gate_up_proj") or name.endswith(".experts.down_proj"):
+            # No expert of this layer is in the source at all: name the source tensors that were expected.
+            prefix, suffix = name.rsplit(".", 1)
+            projs = "{gate_proj,up_proj}" if suffix == "gate_up_proj" else "down_proj"
+            name = f"{prefix}.{{0..{expected[name][0] - 1}}}.{projs}.weight"
+        missing.append(name)
+    if optional:
+        notes.append(f"{len(optional)} MoE layer(s) have no `expert_bias` in the source; the model's zero "
+                     f"initialisation stands for them ({_short_list(optional, 2)})")
+
+    problems = []
+    if unknown:
+        problems.append(f"source tensors that map to nothing in LLaDA2MoeForCausalLM: {_short_list(sorted(unknown))}")
+    if missing:
+        problems.append(f"tensors missing from the source: {_short_list(missing)}")
+    if mismatched:
+        problems.append(f"shape/dtype mismatches: {_short_list(mismatched)}")
+    if problems:
+        raise ConversionError("; ".join(problems))
+    return [built[name] for name in expected if name in built], notes
+
+
+def build_tensor(target: TargetTensor, source) -> torch.Tensor:
+    """Materialise one target tensor, loading only its own source tensors (one expert at a time when fusing)."""
+    if target.kind == "copy":
+        return source.get(target.sources[0]).to(target.dtype).contiguous()
+    out = torch.empty(target.shape, dtype=target.dtype)
+    if target.kind == "down":
+        for expert, key in enumerate(target.sources):
+            out[expert].copy_(source.get(key))
+        return out
+    inter = target.shape[1] // 2
+    for expert in range(target.shape[0]):
+        out[expert, :inter].copy_(source.get(target.sources[2 * expert]))
+        out[expert, inter:].copy_(source.get(target.sources[2 * expert + 1]))
+    return out
+
+
+def dominant_dtype(targets) -> torch.dtype:
+    """The floating dtype holding most parameters (float32-pinned tensors aside): what config.json's `dtype` says."""
+    totals = {}
+    for target in targets:
+        if target.dtype.is_floating_point and not FP32_KEY.search(target.name):
+            count = 1
+            for dim in target.shape:
+                count *= dim
+            totals[target.dtype] = totals.get(target.dtype, 0) + count
+    return max(totals, key=totals.get) if totals else torch.float32
