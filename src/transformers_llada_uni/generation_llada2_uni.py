@@ -60,7 +60,7 @@ class LLaDA2GenerationConfig(GenerationConfig):
                 own[name] = kwargs.pop(alias)
         super().__init__(**kwargs)
         for key, value in own.items():
-            if value is not None or not hasattr(self, key):
+            if value is not None:  # unset fields stay unset (and out of generation_config.json)
                 setattr(self, key, value)
 
     def validate(self, *args, **kwargs):
@@ -222,6 +222,20 @@ def select_transfers(confidence, active, quota, threshold):
 class LLaDA2MoeGenerationMixin:
     """`generate()` for LLaDA2 models: block-masked diffusion with an exact KV cache of finished blocks."""
 
+    _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
+
+    def adjust_generation_fn(self, generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path,
+                             **kwargs):
+        """Called by `from_pretrained`: load `generation_config.json` as a `LLaDA2GenerationConfig` when present."""
+        if generation_config is not None:
+            self.generation_config = LLaDA2GenerationConfig(**generation_config.to_dict())
+        elif pretrained_model_name_or_path is not None:
+            hub_kwargs = {key: kwargs[key] for key in self._HUB_KWARGS if kwargs.get(key) is not None}
+            try:
+                self.generation_config = LLaDA2GenerationConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+            except OSError:
+                pass  # no generation_config.json: the config-derived defaults stand
+
     def _diffusion_config(self, generation_config, kwargs) -> LLaDA2GenerationConfig:
         base = generation_config if generation_config is not None else getattr(self, "generation_config", None)
         config = LLaDA2GenerationConfig(**(base.to_diff_dict() if base is not None else {}))
@@ -353,7 +367,9 @@ class LLaDA2MoeGenerationMixin:
                 if streamer is not None and hasattr(streamer, "put_draft"):
                     streamer.put_draft(canvas[0, max(start, gen_start[0]) : min(end, gen_start[0] + G)].cpu())
                 if config.eos_early_stop and config.eos_token_id is not None:
-                    finished |= _eos_settled(canvas, gen_start, end, config.eos_token_id, mask_id)
+                    # As in the original, the check runs only on a step that commits an EOS.
+                    committed_eos = (commit & (tokens == config.eos_token_id)).any(dim=1)
+                    finished |= committed_eos & _eos_settled(canvas, gen_start, end, config.eos_token_id, mask_id)
             if streamer is not None and not streamed_eos:
                 region = canvas[0, max(start, gen_start[0]) : min(end, gen_start[0] + G)]
                 streamed_eos = _stream_block(streamer, region, config.eos_token_id)

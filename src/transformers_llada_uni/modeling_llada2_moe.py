@@ -189,7 +189,7 @@ class LLaDA2MoeGate(nn.Module):
 
 
 def _grouped_mm_fits(rows: torch.Tensor, *weights: torch.Tensor) -> bool:
-    # torch's grouped GEMM wants 16-byte aligned strides and has no CPU backward; elsewhere use the per-expert loop.
+    # torch's grouped GEMM wants 16-byte aligned strides; under autograd the per-expert loop is the well-trodden path.
     if not hasattr(F, "grouped_mm") or rows.device.type not in ("cpu", "cuda"):
         return False
     if torch.is_grad_enabled() and (rows.requires_grad or any(w.requires_grad for w in weights)):
@@ -301,6 +301,8 @@ class LLaDA2MoePreTrainedModel(PreTrainedModel):
     _no_split_modules = ["LLaDA2MoeDecoderLayer"]
     _skip_keys_device_placement = ["past_key_values"]
     _keep_in_fp32_modules_strict = ["expert_bias"]
+    # Some releases store no router bias; zeros (the init) are then exact.
+    _keys_to_ignore_on_load_missing = [r"mlp\.gate\.expert_bias"]
     _supports_sdpa = True
     _supports_flash_attn = False  # block-diffusion masks are arbitrary 4-D masks
     _supports_flex_attn = False
