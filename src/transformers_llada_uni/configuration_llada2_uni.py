@@ -242,4 +242,111 @@ class LLaDA2MoeConfig(PretrainedConfig):
             )
 
 
-__all__ = ["LLaDA2MoeConfig"]
+
+
+# Real ids of the LLaDA2.0-Uni tokenizer where the reference knows them; the others come from the tokenizer.
+_REAL_UNI_IDS = {"image_start_token_id": 156901, "image_end_token_id": 156902, "boi_token_id": 156904}
+_UNI_AUTO_MAP = {
+    "AutoConfig": "configuration_llada2_uni.LLaDA2UniConfig",
+    "AutoModel": "modeling_llada2_uni.LLaDA2UniForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_llada2_uni.LLaDA2UniForConditionalGeneration",
+    "AutoModelForImageTextToText": "modeling_llada2_uni.LLaDA2UniForConditionalGeneration",
+}
+
+
+class LLaDA2UniConfig(PretrainedConfig):
+    r"""
+    LLaDA2.0-Uni: the LLaDA2 MoE backbone (`text_config`) + the SigLIP-VQ image tokenizer (`vision_config`,
+    `vq_config`, GLM-Image lineage). VQ code k enters the LLM vocabulary as `image_token_offset + k`.
+
+    Args:
+        text_config (`dict` or `LLaDA2MoeConfig`): the backbone.
+        vision_config (`dict` or `GlmImageVisionConfig`): the ViT encoder (patch 16, learned position table).
+        vq_config (`dict` or `GlmImageVQVAEConfig`): the cosine-nearest codebook (`num_embeddings` codes).
+        image_token_offset (`int`): first image id; defaults to `text_config.image_token_offset`, else
+            `text_config.vocab_size - num_embeddings`.
+        image_start_token_id (`<|image|>`), image_end_token_id (`<|/image|>`), boi_token_id (`<boi>`),
+        uncondition_token_id (`<uncondition>`), reserved_token_start_id (`<|reserved_token_0|>`; grid sides N are
+            written as `<|reserved_token_N|>`), num_reserved_tokens (`int`, defaults to 48): special ids.
+    """
+
+    model_type = "llada2_uni"
+
+    def __init__(
+        self,
+        text_config=None,
+        vision_config=None,
+        vq_config=None,
+        image_token_offset=None,
+        image_start_token_id=None,
+        image_end_token_id=None,
+        boi_token_id=None,
+        uncondition_token_id=None,
+        reserved_token_start_id=None,
+        num_reserved_tokens=48,
+        **kwargs,
+    ):
+        from transformers.models.glm_image.configuration_glm_image import GlmImageVisionConfig, GlmImageVQVAEConfig
+
+        if isinstance(text_config, dict):
+            text_config = LLaDA2MoeConfig(**text_config)
+        self.text_config = text_config if text_config is not None else LLaDA2MoeConfig()
+        if isinstance(vision_config, dict):
+            vision_config = GlmImageVisionConfig(**vision_config)
+        self.vision_config = vision_config if vision_config is not None else GlmImageVisionConfig()
+        if isinstance(vq_config, dict):
+            vq_config = GlmImageVQVAEConfig(**vq_config)
+        self.vq_config = vq_config if vq_config is not None else GlmImageVQVAEConfig()
+
+        text = self.text_config
+        if image_token_offset is None:
+            image_token_offset = text.image_token_offset
+        if image_token_offset is None:
+            image_token_offset = text.vocab_size - self.vq_config.num_embeddings
+        self.image_token_offset = image_token_offset
+        text.image_token_offset = image_token_offset
+        vocab = text.vocab_size
+
+        def real_id(value, name):
+            if value is not None:
+                return value
+            default = _REAL_UNI_IDS.get(name)
+            return default if default is not None and default < vocab else None
+
+        self.image_start_token_id = real_id(image_start_token_id, "image_start_token_id")
+        self.image_end_token_id = real_id(image_end_token_id, "image_end_token_id")
+        self.boi_token_id = real_id(boi_token_id, "boi_token_id")
+        self.uncondition_token_id = uncondition_token_id
+        self.reserved_token_start_id = reserved_token_start_id
+        self.num_reserved_tokens = num_reserved_tokens
+        kwargs.pop("auto_map", None)
+        super().__init__(**kwargs)
+        self.auto_map = dict(_UNI_AUTO_MAP)
+        self.validate_uni()
+
+    @property
+    def codebook_size(self) -> int:
+        return self.vq_config.num_embeddings
+
+    def validate_uni(self):
+        text, codebook = self.text_config, self.codebook_size
+        if not 0 < self.image_token_offset or self.image_token_offset + codebook > text.vocab_size:
+            raise ValueError(
+                f"`image_token_offset` ({self.image_token_offset}) + codebook size ({codebook}) must fit the text "
+                f"vocabulary of {text.vocab_size} ids."
+            )
+        if self.vq_config.latent_channels != self.vision_config.hidden_size:
+            raise ValueError(
+                f"`vq_config.latent_channels` ({self.vq_config.latent_channels}) must equal `vision_config.hidden_size` "
+                f"({self.vision_config.hidden_size})."
+            )
+        if getattr(self.vision_config, "spatial_merge_size", 1) != 1:
+            raise ValueError("`vision_config.spatial_merge_size` must be 1 (row-major VQ token order).")
+        for name in ("image_start_token_id", "image_end_token_id", "boi_token_id", "uncondition_token_id",
+                     "reserved_token_start_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.image_token_offset:
+                raise ValueError(f"`{name}` ({value}) must be a text id below image_token_offset={self.image_token_offset}.")
+
+
+__all__ = ["LLaDA2MoeConfig", "LLaDA2UniConfig"]

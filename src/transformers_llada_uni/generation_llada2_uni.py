@@ -10,7 +10,7 @@ each later step only runs the active block. The cached and uncached paths make t
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -247,7 +247,7 @@ class LLaDA2MoeGenerationMixin:
                 value = kwargs.pop(key)
                 if value is not None:
                     setattr(config, key, value)
-        return config.resolve(self.config)
+        return config.resolve(self.config.get_text_config())
 
     @torch.no_grad()
     def generate(
@@ -287,7 +287,7 @@ class LLaDA2MoeGenerationMixin:
             raise ValueError(f"unknown generate() arguments: {sorted(kwargs)}.")
         prompts = _split_prompts(inputs, attention_mask)
         longest = max(len(p) for p in prompts)
-        limit = self.config.max_position_embeddings
+        limit = self.config.get_text_config().max_position_embeddings
         if longest > limit:
             raise ValueError(f"`input_ids` has a prompt of {longest} tokens, longer than max_position_embeddings={limit}.")
         if longest + config.gen_length > limit:
@@ -306,50 +306,44 @@ class LLaDA2MoeGenerationMixin:
         return output
 
     def _denoise(self, prompts, config, streamer, generator):
-        device = self.device
-        L, G, mask_id = config.block_length, config.gen_length, config.mask_token_id
-        batch = len(prompts)
-        # Each row keeps its own block alignment (blocks start at multiples of L from its first real token): rows are
-        # shifted by whole blocks so that every row's first active block is the same canvas block.
-        first_block = max(len(p) // L for p in prompts)
-        offsets = [L * (first_block - len(p) // L) for p in prompts]
-        row_ends = [off + math.ceil((len(p) + G) / L) * L for off, p in zip(offsets, prompts)]
-        total = max(row_ends)
-        fill = config.pad_token_id
-        canvas = torch.full((batch, total), fill, dtype=torch.long, device=device)
-        positions = torch.zeros((batch, total), dtype=torch.long, device=device)
-        key_valid = torch.zeros((batch, total), dtype=torch.bool, device=device)
-        gen_start = []
-        for row, (prompt, off, end) in enumerate(zip(prompts, offsets, row_ends)):
-            canvas[row, off : off + len(prompt)] = prompt.to(device)
-            canvas[row, off + len(prompt) : end] = mask_id
-            positions[row, off:] = torch.arange(total - off, device=device)
-            key_valid[row, off:] = True
-            gen_start.append(off + len(prompt))
-        allowed = _block_causal_mask(key_valid, L)
-
-        steps = min(config.steps, G // config.minimal_topk)
-        quotas = transfer_schedule(L, steps)
-        finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        cache = BlockDiffusionCache(total) if config.use_block_cache else None
-        cached = 0
-        passes, history = 0, []
-        gen_index = torch.tensor(gen_start, device=device).unsqueeze(1) + torch.arange(G, device=device)
-        streamed_eos = False
+        canvas = build_canvas(prompts, config, self.device)
         if streamer is not None:
             streamer.put(prompts[0].cpu())
+        generated, passes, history = self._run_blocks(canvas, config, streamer=streamer, generator=generator)
+        return _cut_after_eos(generated, config.eos_token_id, config.pad_token_id), passes, history
 
-        for block in range(first_block, total // L):
+    def _run_blocks(self, canvas, config, *, combine=None, vocab_range=None, stop_rule="block", streamer=None,
+                    generator=None):
+        """Denoise `canvas` block by block; returns (generated ids [B, gen_length], forward count, history).
+
+        `combine` maps the logits of all canvas rows [R, L, V] to those of the B primary rows (guidance); rows after
+        the primary ones mirror their primary row's generated tokens. `vocab_range` = (lo, hi) restricts sampling to
+        those ids. `stop_rule`: "block" (text: a row stops after the block holding its first EOS, or mid-block on a
+        step committing a settled EOS when `eos_early_stop`), or "settled" (a row stops on any step once its first
+        `eos_token_id` has nothing masked before it).
+        """
+        L, G, mask_id, stop_id = config.block_length, config.gen_length, config.mask_token_id, config.eos_token_id
+        tokens, gen_start = canvas.tokens, canvas.gen_start
+        batch, total = len(gen_start), tokens.shape[1]
+        allowed = _block_causal_mask(canvas.key_valid, L)
+        steps = min(config.steps, G // config.minimal_topk)
+        quotas = transfer_schedule(L, steps)
+        finished = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
+        cache = BlockDiffusionCache(total) if config.use_block_cache else None
+        cached, passes, history, streamed_eos = 0, 0, [], False
+        gen_index = torch.tensor(gen_start, device=tokens.device).unsqueeze(1) + torch.arange(G, device=tokens.device)
+
+        for block in range(canvas.first_block, total // L):
             start, end = block * L, (block + 1) * L
             for step in range(steps):
-                active = (canvas[:, start:end] == mask_id) & ~finished.unsqueeze(1)
+                active = (tokens[:batch, start:end] == mask_id) & ~finished.unsqueeze(1)
                 if not active.any():
                     break
                 lo = cached if cache is not None else 0
                 logits = self(
-                    input_ids=canvas[:, lo:end],
+                    input_ids=tokens[:, lo:end],
                     attention_mask=allowed[:, :, lo:end, :end],
-                    position_ids=positions[:, lo:end],
+                    position_ids=canvas.positions[:, lo:end],
                     past_key_values=cache,
                     logits_to_keep=L,
                 ).logits
@@ -357,31 +351,88 @@ class LLaDA2MoeGenerationMixin:
                 if cache is not None:
                     cache.crop(start)
                     cached = start
-                tokens, confidence = sample_tokens(
-                    logits, config.temperature, config.top_k, config.top_p, generator=generator
-                )
+                if combine is not None:
+                    logits = combine(logits)
+                if vocab_range is not None:
+                    logits = restrict_vocab(logits, *vocab_range)
+                sampled, confidence = sample_tokens(logits, config.temperature, config.top_k, config.top_p, generator)
                 commit = select_transfers(confidence, active, quotas[step], config.threshold)
-                canvas[:, start:end] = torch.where(commit, tokens, canvas[:, start:end])
+                tokens[:batch, start:end] = torch.where(commit, sampled, tokens[:batch, start:end])
+                for row, source in canvas.mirrors:
+                    begin = max(start, gen_start[source])
+                    tokens[row, begin:end] = tokens[source, begin:end]
                 if config.output_history:
-                    history.append(canvas.gather(1, gen_index).cpu())
+                    history.append(tokens[:batch].gather(1, gen_index).cpu())
                 if streamer is not None and hasattr(streamer, "put_draft"):
-                    streamer.put_draft(canvas[0, max(start, gen_start[0]) : min(end, gen_start[0] + G)].cpu())
-                if config.eos_early_stop and config.eos_token_id is not None:
-                    # As in the original, the check runs only on a step that commits an EOS.
-                    committed_eos = (commit & (tokens == config.eos_token_id)).any(dim=1)
-                    finished |= committed_eos & _eos_settled(canvas, gen_start, end, config.eos_token_id, mask_id)
+                    streamer.put_draft(tokens[0, max(start, gen_start[0]) : min(end, gen_start[0] + G)].cpu())
+                if stop_id is not None and (stop_rule == "settled" or config.eos_early_stop):
+                    settled = _eos_settled(tokens, gen_start, end, stop_id, mask_id)
+                    if stop_rule == "block":  # the original text rule: only on a step that commits an EOS
+                        settled &= (commit & (sampled == stop_id)).any(dim=1)
+                    finished |= settled
             if streamer is not None and not streamed_eos:
-                region = canvas[0, max(start, gen_start[0]) : min(end, gen_start[0] + G)]
-                streamed_eos = _stream_block(streamer, region, config.eos_token_id)
-            if config.eos_token_id is not None:
+                region = tokens[0, max(start, gen_start[0]) : min(end, gen_start[0] + G)]
+                streamed_eos = _stream_block(streamer, region, stop_id)
+            if stop_id is not None and stop_rule == "block":
                 for row in range(batch):
-                    if (canvas[row, gen_start[row] : end] == config.eos_token_id).any():
+                    if (tokens[row, gen_start[row] : end] == stop_id).any():
                         finished[row] = True
             if finished.all():
                 break
+        return tokens[:batch].gather(1, gen_index), passes, tuple(history) or None
 
-        generated = canvas.gather(1, gen_index)
-        return _cut_after_eos(generated, config.eos_token_id, fill), passes, tuple(history) or None
+
+@dataclass
+class DiffusionCanvas:
+    """Rows to denoise: `tokens` / `positions` / `key_valid` [R, T]; the first B rows are the outputs (B =
+    len(gen_start)), the others are guidance rows listed in `mirrors` as (row, primary row)."""
+
+    tokens: torch.LongTensor
+    positions: torch.LongTensor
+    key_valid: torch.BoolTensor
+    gen_start: list
+    first_block: int
+    mirrors: list = field(default_factory=list)
+
+
+def build_canvas(prompts, config, device, guidance_prompts=None) -> DiffusionCanvas:
+    """Lay prompts out for denoising.
+
+    Each primary row keeps its own block alignment (blocks start at multiples of block_length from its first real
+    token): rows are shifted by whole blocks so that every row's first active block is the same canvas block, padding
+    is never attended to, and positions start at 0 on the first real token. A guidance prompt (CFG) for primary row i
+    is right-aligned to end where row i's prompt ends, so both share the canvas blocks after it.
+    """
+    L, G = config.block_length, config.gen_length
+    guidance_prompts = guidance_prompts or []
+    first_block = max(len(p) // L for p in prompts)
+    offsets = [L * (first_block - len(p) // L) for p in prompts]
+    ends = [off + math.ceil((len(p) + G) / L) * L for off, p in zip(offsets, prompts)]
+    for source, prompt in guidance_prompts:
+        offsets.append(offsets[source] + len(prompts[source]) - len(prompt))
+        ends.append(ends[source])
+    rows = list(prompts) + [prompt for _, prompt in guidance_prompts]
+    if min(offsets) < 0:
+        raise ValueError("a guidance prompt is longer than the prompt it guides and does not fit the canvas.")
+    total = max(ends)
+    tokens = torch.full((len(rows), total), config.pad_token_id, dtype=torch.long, device=device)
+    positions = torch.zeros((len(rows), total), dtype=torch.long, device=device)
+    key_valid = torch.zeros((len(rows), total), dtype=torch.bool, device=device)
+    for row, (prompt, off, end) in enumerate(zip(rows, offsets, ends)):
+        tokens[row, off : off + len(prompt)] = prompt.to(device)
+        tokens[row, off + len(prompt) : end] = config.mask_token_id
+        positions[row, off:] = torch.arange(total - off, device=device)
+        key_valid[row, off:] = True
+    gen_start = [off + len(p) for off, p in zip(offsets, prompts)]
+    mirrors = [(len(prompts) + i, source) for i, (source, _) in enumerate(guidance_prompts)]
+    return DiffusionCanvas(tokens, positions, key_valid, gen_start, first_block, mirrors)
+
+
+def restrict_vocab(logits, lo, hi):
+    """Keep only ids in [lo, hi) (e.g. the image codes); everything else gets -inf."""
+    keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    keep[lo:hi] = True
+    return logits.masked_fill(~keep, float("-inf"))
 
 
 def _split_prompts(inputs, attention_mask):
@@ -426,7 +477,7 @@ def _stream_block(streamer, tokens, eos_id):
 
 def _eos_settled(canvas, gen_start, end, eos_id, mask_id):
     """Rows whose first generated EOS is committed with no mask between the prompt and it."""
-    settled = torch.zeros(canvas.shape[0], dtype=torch.bool, device=canvas.device)
+    settled = torch.zeros(len(gen_start), dtype=torch.bool, device=canvas.device)
     for row, begin in enumerate(gen_start):
         region = canvas[row, begin:end]
         hits = (region == eos_id).nonzero()

@@ -310,7 +310,7 @@ class LLaDA2MoePreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        std = self.config.initializer_range
+        std = self.config.get_text_config().initializer_range
         if isinstance(module, nn.Linear):
             _init("normal_", module.weight, mean=0.0, std=std)
             if module.bias is not None:
