@@ -28,6 +28,8 @@ class LLaDA2UniGenerationMixin:
         width: int,
         uncond_input_ids: Optional[torch.LongTensor] = None,
         cfg_scale: float = 1.0,
+        uncond_image_input_ids: Optional[torch.LongTensor] = None,
+        cfg_image_scale: float = 0.0,
         steps: int = 8,
         block_length: Optional[int] = None,
         threshold: float = 0.95,
@@ -47,6 +49,10 @@ class LLaDA2UniGenerationMixin:
             height / width (`int`): token grid (h, w); exactly h*w tokens are generated.
             uncond_input_ids (`torch.LongTensor` [B, P'] or [P'], *optional*): unconditional prompts for CFG, P' <= P.
             cfg_scale (`float`, defaults to 1.0): guidance scale; 1 disables CFG (the unconditional rows are skipped).
+            uncond_image_input_ids (`torch.LongTensor`, *optional*), cfg_image_scale (`float`, defaults to 0.0): the
+                image-dropped prompts of three-way editing CFG, `guided = U + cfg_scale * (C - U) + cfg_image_scale *
+                (U - N)` with C = conditional, U = text-dropped, N = image-dropped logits (N runs only when
+                `cfg_image_scale` != 0).
             steps (`int`, defaults to 8): denoising forwards per block (capped at h*w).
             restrict_to_image_vocab (`bool`, defaults to True): sample only image codes. False reproduces the
                 LLaDA-Image port, where text ids can be chosen (they come back as negative codes).
@@ -61,13 +67,17 @@ class LLaDA2UniGenerationMixin:
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive number of tokens, got {value!r}.")
-        if not isinstance(cfg_scale, (int, float)) or cfg_scale < 0:
-            raise ValueError(f"`cfg_scale` must be a number >= 0, got {cfg_scale!r}.")
+        for name, value in (("cfg_scale", cfg_scale), ("cfg_image_scale", cfg_image_scale)):
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
         cond = _rows(input_ids, "input_ids")
-        uncond = _rows(uncond_input_ids, "uncond_input_ids") if uncond_input_ids is not None else None
-        use_cfg = uncond is not None and cfg_scale != 1.0
-        if uncond is not None and len(uncond) != len(cond):
-            raise ValueError(f"`uncond_input_ids` has {len(uncond)} rows for {len(cond)} prompts.")
+        uncond = _rows(uncond_input_ids, "uncond_input_ids", len(cond)) if uncond_input_ids is not None else None
+        no_image = None
+        if cfg_image_scale != 0.0:
+            if uncond is None or uncond_image_input_ids is None:
+                raise ValueError("`cfg_image_scale` needs both `uncond_input_ids` and `uncond_image_input_ids`.")
+            no_image = _rows(uncond_image_input_ids, "uncond_image_input_ids", len(cond))
+        use_cfg = uncond is not None and (cfg_scale != 1.0 or no_image is not None)
         count = height * width
         generation_config = LLaDA2GenerationConfig(
             gen_length=count, steps=min(steps, count), block_length=block_length, threshold=threshold,
@@ -79,13 +89,17 @@ class LLaDA2UniGenerationMixin:
         if max(len(p) for p in cond) + count > limit:
             raise ValueError(f"a {height}x{width} grid after the prompt exceeds max_position_embeddings={limit}.")
 
-        guidance = [(i, prompt) for i, prompt in enumerate(uncond)] if use_cfg else None
+        guidance = [(i, prompt) for i, prompt in enumerate(uncond)] if use_cfg else []
+        guidance += [(i, prompt) for i, prompt in enumerate(no_image)] if no_image is not None else []
         canvas = build_canvas(cond, generation_config, self.device, guidance_prompts=guidance)
         batch = len(cond)
 
         def combine(logits):
-            cond_logits, uncond_logits = logits[:batch], logits[batch:]
-            return uncond_logits + cfg_scale * (cond_logits - uncond_logits)
+            cond_logits, uncond_logits = logits[:batch], logits[batch : 2 * batch]
+            guided = uncond_logits + cfg_scale * (cond_logits - uncond_logits)
+            if no_image is not None:
+                guided = guided + cfg_image_scale * (uncond_logits - logits[2 * batch :])
+            return guided
 
         generated, passes, _ = self._run_blocks(
             canvas,
@@ -103,12 +117,14 @@ class LLaDA2UniGenerationMixin:
         return result if return_dict else codes
 
 
-def _rows(ids, name):
+def _rows(ids, name, expected_rows=None):
     if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int32, torch.int64) or ids.dim() not in (1, 2):
         raise ValueError(f"`{name}` must be a LongTensor [batch, length] or [length].")
     ids = ids.unsqueeze(0) if ids.dim() == 1 else ids
     if ids.shape[-1] == 0:
         raise ValueError(f"`{name}` is empty.")
+    if expected_rows is not None and ids.shape[0] != expected_rows:
+        raise ValueError(f"`{name}` has {ids.shape[0]} rows for {expected_rows} prompts.")
     return list(ids.long())
 
 
