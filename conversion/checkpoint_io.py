@@ -70,14 +70,19 @@ class SourceCheckpoint:
     """The safetensors weights of one folder, read lazily: headers at open time, a tensor only when asked for.
 
     Accepts a sharded checkpoint (`model.safetensors.index.json` + shards) or a single `model.safetensors`. The index
-    and the shards must agree: every listed key must be in its shard and every shard key must be listed.
+    and the shards must agree: every listed key must be in its shard and every shard key must be listed. With
+    `file_name`, exactly that one safetensors file of the folder is read (no index).
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, file_name: str = None):
         self.folder = Path(folder)
         index_file = self.folder / SAFE_WEIGHTS_INDEX_NAME
-        single_file = self.folder / SAFE_WEIGHTS_NAME
-        if index_file.is_file():
+        single_file = self.folder / (file_name or SAFE_WEIGHTS_NAME)
+        if file_name is not None:
+            if not single_file.is_file():
+                raise ConversionError(f"{single_file} does not exist")
+            weight_map = None
+        elif index_file.is_file():
             try:
                 weight_map = json.loads(index_file.read_text())["weight_map"]
             except (ValueError, KeyError, TypeError) as exc:
@@ -88,7 +93,7 @@ class SourceCheckpoint:
             others = sorted(p.name for pattern in ("*.bin", "*.pt") for p in self.folder.glob(pattern))
             hint = f" (found {', '.join(others[:3])}: only safetensors checkpoints are supported)" if others else ""
             raise ConversionError(f"no {SAFE_WEIGHTS_INDEX_NAME} or {SAFE_WEIGHTS_NAME} in {self.folder}{hint}")
-        files = sorted(set(weight_map.values())) if weight_map is not None else [SAFE_WEIGHTS_NAME]
+        files = sorted(set(weight_map.values())) if weight_map is not None else [single_file.name]
         self._stack = ExitStack()
         self._handles = {}
         self.key_file = {}

@@ -2,10 +2,11 @@
 
     python conversion/convert_llada2_uni_to_hf.py --original /path/to/LLaDA2.0-Uni --output /path/to/converted
 
-The output folder loads with `LLaDA2MoeForCausalLM.from_pretrained(out)` (plugin installed) or with
-`AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)` (plugin not installed). Everything is written to
-a temporary folder next to the output, checked, and only then moved into place: a failed run leaves nothing behind.
-See docs/conversion.md.
+A LLaDA2.0-Uni root (it has `image_tokenizer/`) becomes one `LLaDA2UniForConditionalGeneration` folder (LLM + image
+tokenizer + image processor); a text-only LLaDA2 folder (or `--components llm`) becomes a `LLaDA2MoeForCausalLM`
+folder. Either loads with `AutoModel.from_pretrained(out, trust_remote_code=True)` without this package, or with the
+package's classes. Everything is written to a temporary folder next to the output, checked, and only then moved into
+place: a failed run leaves nothing behind. See docs/conversion.md.
 """
 
 import argparse
@@ -23,23 +24,52 @@ import torch  # noqa: E402
 
 from conversion.checkpoint_io import ConversionError, parse_size  # noqa: E402
 from conversion.llm_checkpoint import convert_llm, verify_llm  # noqa: E402
+from conversion.uni_checkpoint import IMAGE_TOKENIZER_DIR, convert_uni, verify_uni  # noqa: E402
 
 DTYPES = {"keep": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
           "float32": torch.float32}
 
-# Sub-folders of a LLaDA2.0-Uni snapshot besides the LLM at its root. Their converters come later; each will be a
-# `COMPONENTS` entry (name -> function(src_root, dst_root, options)) selected with `--components`.
-UNI_SUBFOLDERS = ("image_tokenizer", "decoder", "decoder-turbo", "vae")
+# What `--components` can select: name -> the path (relative to --original) it needs. The LLM is always required;
+# adding the image tokenizer turns the output into the composite LLaDA2UniForConditionalGeneration.
+COMPONENTS = {"llm": "config.json", "image_tokenizer": IMAGE_TOKENIZER_DIR}
+# Parts of a LLaDA2.0-Uni snapshot that no converter handles yet (the pixel side: SigVQ, decoders, VAE).
+NOT_CONVERTED = (f"{IMAGE_TOKENIZER_DIR}/sigvq_embedding.pt", "decoder", "decoder-turbo", "vae")
 
 
-def _convert_llm_component(original: Path, staging: Path, options: dict, log):
-    files = convert_llm(original, staging, dtype=options["dtype"], max_bytes=options["max_bytes"], log=log)
-    if options["verify"]:
-        verify_llm(staging, log)
+def _resolve_components(original: Path, components):
+    """The selected components (default: every one the source has), checked against the source."""
+    available = [name for name, path in COMPONENTS.items() if (original / path).exists()]
+    if "llm" not in available:
+        raise ConversionError(f"no {COMPONENTS['llm']} in {original}")
+    if components is None:
+        return available
+    if isinstance(components, str):
+        components = [part.strip() for part in components.split(",") if part.strip()]
+    selected = list(dict.fromkeys(components))
+    unknown = [name for name in selected if name not in COMPONENTS]
+    if unknown or not selected:
+        raise ConversionError(f"--components must be a comma-separated subset of {', '.join(COMPONENTS)}; "
+                              f"got {', '.join(unknown) or 'nothing'}")
+    if "llm" not in selected:
+        raise ConversionError("--components must include llm: the image tokenizer is converted as part of the "
+                              "composite model, never on its own")
+    absent = [name for name in selected if name not in available]
+    if absent:
+        raise ConversionError(f"--components {', '.join(absent)}: {original} has no "
+                              + ", ".join(COMPONENTS[name] for name in absent))
+    return selected
+
+
+def _convert_components(original: Path, staging: Path, options: dict, log):
+    if "image_tokenizer" in options["components"]:
+        files = convert_uni(original, staging, dtype=options["dtype"], max_bytes=options["max_bytes"], log=log)
+        if options["verify"]:
+            verify_uni(staging, log)
+    else:
+        files = convert_llm(original, staging, dtype=options["dtype"], max_bytes=options["max_bytes"], log=log)
+        if options["verify"]:
+            verify_llm(staging, log)
     return files
-
-
-COMPONENTS = {"llm": _convert_llm_component}
 
 
 def _resolve_dtype(dtype):
@@ -92,18 +122,23 @@ def _move_into_place(staging: Path, output: Path):
     shutil.rmtree(backup, ignore_errors=True)
 
 
-def convert(original, output, *, dtype="keep", max_shard_size="5GB", overwrite=False, verify=False, quiet=False):
+def convert(original, output, *, dtype="keep", max_shard_size="5GB", overwrite=False, verify=False, quiet=False,
+            components=None):
     """Convert the original checkpoint folder `original` into `output`; returns the output `Path`.
 
     Args:
         original: a LLaDA2 snapshot (config.json, safetensors weights, tokenizer files) or a LLaDA2.0-Uni root (its
-            LLM part is converted; the image tokenizer, decoders and VAE are not converted yet).
+            LLM and image tokenizer are converted into one composite model; the decoders and VAE are not converted
+            yet).
         output: the folder to create. It must not exist unless `overwrite=True`.
         dtype: "bf16", "fp32" or "keep" (as stored) for the floating weights; `expert_bias` always stays float32.
         max_shard_size: the largest safetensors shard, e.g. "5GB", "200MB" (a single bigger tensor gets its own).
         overwrite: replace an existing `output` (only after the new folder is complete and verified).
-        verify: also load the result with `LLaDA2MoeForCausalLM.from_pretrained` and run a short forward pass.
+        verify: also load the result with `from_pretrained` and run a short forward pass (and, for the composite,
+            tokenize one image patch).
         quiet: print nothing.
+        components: a list (or comma-separated string) out of `COMPONENTS` ("llm", "image_tokenizer"); default:
+            every one the source has. `["llm"]` on a Uni root writes the text-only `LLaDA2MoeForCausalLM`.
 
     Raises `ConversionError` with a one-line reason; then neither `output` nor a temporary folder is left behind.
     """
@@ -112,17 +147,21 @@ def convert(original, output, *, dtype="keep", max_shard_size="5GB", overwrite=F
     output = Path(os.path.abspath(Path(output).expanduser()))
     options = {"dtype": _resolve_dtype(dtype), "max_bytes": parse_size(max_shard_size), "verify": verify}
     _check_paths(original, output, overwrite)
+    options["components"] = _resolve_components(original, components)
 
     created_parents = [p for p in reversed(output.parents) if not p.exists()]
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.converting-", dir=output.parent))
     try:
-        extra = [name for name in UNI_SUBFOLDERS if (original / name).is_dir()]
-        if extra:
-            log(f"note: {original} is a LLaDA2.0-Uni folder; only its LLM is converted, not yet "
-                f"{', '.join(name + '/' for name in extra)}")
-        log(f"converting {original} -> {output}")
-        COMPONENTS["llm"](original, staging, options, log)
+        skipped = [path for name, path in COMPONENTS.items()
+                   if name not in options["components"] and (original / path).exists()]
+        skipped += [path for path in NOT_CONVERTED
+                    if (original / path).exists() and not any(path.startswith(s + "/") for s in skipped)]
+        if skipped:
+            log(f"note: {original} is a LLaDA2.0-Uni folder; not converted (yet): "
+                f"{', '.join(name + '/' if (original / name).is_dir() else name for name in skipped)}")
+        log(f"converting {original} -> {output} ({' + '.join(options['components'])})")
+        _convert_components(original, staging, options, log)
         _fix_permissions(staging)
         _move_into_place(staging, output)
     except BaseException:
@@ -149,11 +188,14 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     parser.add_argument("--verify", action="store_true",
                         help="also load the result and run a short forward pass before moving it into place")
+    parser.add_argument("--components", default=None,
+                        help=f"comma-separated subset of {','.join(COMPONENTS)} to convert (default: all the source "
+                             "has; llm alone gives the text-only model)")
     parser.add_argument("--quiet", action="store_true", help="print errors only")
     args = parser.parse_args(argv)
     try:
         convert(args.original, args.output, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                overwrite=args.overwrite, verify=args.verify, quiet=args.quiet)
+                overwrite=args.overwrite, verify=args.verify, quiet=args.quiet, components=args.components)
     except ConversionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -37,8 +37,9 @@ SPECIAL_TOKENS = {
 GENERATION_DEFAULTS = {"temperature": 0.0, "block_length": 32, "steps": 32, "threshold": 0.95}
 
 
-def special_token_ids(folder: Path) -> dict:
-    """{token string: id} of the special tokens in `SPECIAL_TOKENS` that the folder's tokenizer knows."""
+def special_token_ids(folder: Path, tokens=tuple(SPECIAL_TOKENS.values())) -> dict:
+    """{token string: id} of the `tokens` (default: those of `SPECIAL_TOKENS`) that the folder's tokenizer knows."""
+    tokens = tuple(tokens)
     found = {}
     tokenizer_file = folder / "tokenizer.json"
     if tokenizer_file.is_file():
@@ -48,7 +49,7 @@ def special_token_ids(folder: Path) -> dict:
             tokenizer = Tokenizer.from_file(str(tokenizer_file))
         except Exception as exc:  # tokenizers raises its own exception type
             raise ConversionError(f"cannot read {tokenizer_file}: {exc}") from None
-        for token in SPECIAL_TOKENS.values():
+        for token in tokens:
             token_id = tokenizer.token_to_id(token)
             if token_id is not None:
                 found[token] = token_id
@@ -56,7 +57,7 @@ def special_token_ids(folder: Path) -> dict:
     if config_file.is_file():
         for token_id, entry in _read_json(config_file).get("added_tokens_decoder", {}).items():
             content = entry.get("content") if isinstance(entry, dict) else None
-            if content in SPECIAL_TOKENS.values():
+            if content in tokens:
                 found.setdefault(content, int(token_id))
     return found
 
@@ -139,20 +140,65 @@ def _write_tokenizer_config(tokenizer_config: dict, dst: Path, *, has_fast: bool
         log("tokenizer_config.json: " + "; ".join(changes))
 
 
-def save_remote_code(config, dst: Path):
-    """Write config.json and copy the code files it points to, so the folder loads with trust_remote_code alone."""
-    from transformers.dynamic_module_utils import custom_object_save
-    from transformers_llada_uni import LLaDA2GenerationConfig, LLaDA2MoeConfig, LLaDA2MoeForCausalLM
+def save_remote_code(config, dst: Path, model_class=None):
+    """Write config.json and copy the code files it points to, so the folder loads with trust_remote_code alone.
 
+    `model_class` defaults to `LLaDA2MoeForCausalLM`; the files of `type(config)`, `model_class` and every file they
+    reach through relative imports are copied.
+    """
+    from transformers.dynamic_module_utils import custom_object_save
+    from transformers_llada_uni import LLaDA2GenerationConfig, LLaDA2MoeForCausalLM
+
+    model_class = model_class or LLaDA2MoeForCausalLM
     config.save_pretrained(str(dst))
-    for cls in (LLaDA2MoeConfig, LLaDA2MoeForCausalLM):
+    for cls in (type(config), model_class):
         custom_object_save(cls, str(dst))  # the module file + every file it reaches through relative imports
     needed = {Path(sys.modules[cls.__module__].__file__).name
-              for cls in (LLaDA2MoeConfig, LLaDA2MoeForCausalLM, LLaDA2GenerationConfig)}
+              for cls in (type(config), model_class, LLaDA2GenerationConfig)}
     needed |= {value.split(".")[0] + ".py" for value in config.auto_map.values()}
     absent = sorted(name for name in needed if not (dst / name).is_file())
     if absent:
         raise ConversionError(f"the remote code files {', '.join(absent)} were not written")
+
+
+def plan_weights(planned_sources):
+    """`[(targets, source), ...]` -> `{name: (target, source)}` in the given order (names must not repeat)."""
+    by_name = {}
+    for targets, source in planned_sources:
+        for target in targets:
+            if target.name in by_name:
+                raise ConversionError(f"the tensor {target.name} would be written twice")
+            by_name[target.name] = (target, source)
+    return by_name
+
+
+def write_weights(dst: Path, by_name: dict, max_bytes: int, log):
+    """Write the planned tensors (`plan_weights`) as shards into `dst`; returns (files, {name: (shape, dtype)}).
+
+    The sources must stay open until this returns: each tensor is read when its shard is built.
+    """
+    targets = [target for target, _ in by_name.values()]
+    total = sum(target.nbytes for target in targets)
+    shards = plan_shards([(t.name, t.nbytes) for t in targets], max_bytes)
+    log(f"writing {len(targets)} tensors ({total / 1e6:.1f} MB, {dtype_name(dominant_dtype(targets))}) "
+        f"in {len(shards)} shard(s)")
+    files = write_shards(dst, shards, lambda name: build_tensor(*by_name[name]), total)
+    return files, {t.name: (t.shape, t.dtype) for t in targets}
+
+
+def plan_llm(source, expected, dtype, log):
+    """The LLM's `TargetTensor`s for `expected` ({name: shape} of the model's `model.*` / `lm_head.*` tensors)."""
+    targets, notes = plan_llm_weights(source.info, expected, dtype)
+    for note in notes:
+        log(f"note: {note}")
+    return targets
+
+
+def finish_folder(config, src: Path, dst: Path, log, model_class=None):
+    """Everything but the weights: config.json + remote code, generation_config.json, tokenizer files."""
+    save_remote_code(config, dst, model_class)
+    write_generation_config(config.get_text_config(), dst)
+    copy_tokenizer(src, dst, log)
 
 
 def convert_llm(src: Path, dst: Path, *, dtype, max_bytes: int, log):
@@ -161,37 +207,25 @@ def convert_llm(src: Path, dst: Path, *, dtype, max_bytes: int, log):
     `dtype` is a floating `torch.dtype` to cast to, or `None` to keep the stored dtypes.
     """
     config = build_config(src, log)
-    expected = expected_llm_tensors(config)
     with SourceCheckpoint(src) as source:
-        targets, notes = plan_llm_weights(source.info, expected, dtype)
-        for note in notes:
-            log(f"note: {note}")
+        targets = plan_llm(source, expected_llm_tensors(config), dtype, log)
         config.dtype = dominant_dtype(targets)
-        by_name = {target.name: target for target in targets}
-        total = sum(target.nbytes for target in targets)
-        shards = plan_shards([(t.name, t.nbytes) for t in targets], max_bytes)
-        log(f"writing {len(targets)} tensors ({total / 1e6:.1f} MB, {dtype_name(config.dtype)}) "
-            f"in {len(shards)} shard(s)")
-        files = write_shards(dst, shards, lambda name: build_tensor(by_name[name], source), total)
-    save_remote_code(config, dst)
-    write_generation_config(config, dst)
-    copy_tokenizer(src, dst, log)
-    check_written(dst, {t.name: (t.shape, t.dtype) for t in targets}, max_bytes)
+        files, written = write_weights(dst, plan_weights([(targets, source)]), max_bytes, log)
+    finish_folder(config, src, dst, log)
+    check_written(dst, written, max_bytes)
     return files
 
 
-def verify_llm(folder: Path, log):
-    """Load the written folder with `LLaDA2MoeForCausalLM.from_pretrained` and run a short forward (finite logits)."""
-    from transformers_llada_uni import LLaDA2MoeForCausalLM
-
+def load_for_verify(folder: Path, model_class):
+    """`model_class.from_pretrained(folder)` in the stored dtype (float16 as float32: CPU runs never compute in it);
+    raises `ConversionError` unless it loads with no missing (except optional), unexpected or mismatched key."""
     from conversion.llm_weights import OPTIONAL_KEY
 
     config = _read_json(folder / "config.json")
     stored = getattr(torch, str(config.get("dtype", "float32")), torch.float32)
-    # CPU runs never compute in float16; bfloat16 and float32 are fine.
     load_dtype = torch.float32 if stored == torch.float16 else stored
     try:
-        model, info = LLaDA2MoeForCausalLM.from_pretrained(str(folder), dtype=load_dtype, output_loading_info=True)
+        model, info = model_class.from_pretrained(str(folder), dtype=load_dtype, output_loading_info=True)
     except Exception as exc:
         raise ConversionError(f"--verify: loading the output failed: {type(exc).__name__}: {exc}") from None
     problems = [f"{kind}: {', '.join(sorted(keys))}" for kind, keys in (
@@ -201,15 +235,27 @@ def verify_llm(folder: Path, log):
     ) if keys]
     if problems:
         raise ConversionError("--verify: the output does not load cleanly (" + "; ".join(problems) + ")")
-    model.eval()
-    length = min(8, model.config.vocab_size)
+    return model.eval()
+
+
+def check_forward(model, log):
+    """A forward pass on a few tokens must give finite logits of the right shape."""
+    vocab_size = model.config.get_text_config().vocab_size
+    length = min(8, vocab_size)
     ids = torch.arange(length).unsqueeze(0)
     with torch.no_grad():
         logits = model(input_ids=ids).logits
-    if tuple(logits.shape) != (1, length, model.config.vocab_size) or not torch.isfinite(logits).all():
+    if tuple(logits.shape) != (1, length, vocab_size) or not torch.isfinite(logits).all():
         raise ConversionError(f"--verify: the forward pass gave logits of shape {list(logits.shape)} with "
                               f"{int((~torch.isfinite(logits)).sum())} non-finite values")
     log(f"verified: loads cleanly, forward on {length} tokens gives finite logits")
+
+
+def verify_llm(folder: Path, log):
+    """Load the written folder with `LLaDA2MoeForCausalLM.from_pretrained` and run a short forward (finite logits)."""
+    from transformers_llada_uni import LLaDA2MoeForCausalLM
+
+    check_forward(load_for_verify(folder, LLaDA2MoeForCausalLM), log)
 
 
 def _read_json(path: Path) -> dict:

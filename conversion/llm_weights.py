@@ -42,12 +42,13 @@ class TargetTensor:
         return nbytes(self.shape, self.dtype)
 
 
-def expected_llm_tensors(config) -> dict:
-    """{name: shape} of `LLaDA2MoeForCausalLM(config)`'s state dict, in module order, built on the meta device."""
+def expected_llm_tensors(config, model_class=None) -> dict:
+    """{name: shape} of `model_class(config)`'s state dict (default `LLaDA2MoeForCausalLM`), in module order, built
+    on the meta device."""
     from transformers_llada_uni import LLaDA2MoeForCausalLM
 
     with torch.device("meta"):
-        model = LLaDA2MoeForCausalLM(config)
+        model = (model_class or LLaDA2MoeForCausalLM)(config)
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 

@@ -1,12 +1,15 @@
 """conversion/convert_llada2_uni_to_hf.py: key layout, expert fusion, config ids, sharding, dtypes and error handling.
 
-Most cases call `convert()` in-process on the public parity checkpoint (or on a copy edited with safetensors); one
-case runs the command line for its exit code and error line. The numerical parity of the converted model with the
-original code is checked in test_parity_llm.py.
+Most cases call `convert()` in-process on the public parity checkpoint (a LLaDA2.0-Uni root: it converts to the
+composite `LLaDA2UniForConditionalGeneration`), on a text-only copy of it (no `image_tokenizer/`: the plain
+`LLaDA2MoeForCausalLM`), or on a copy edited with safetensors; one case runs the command line for its exit code and
+error line. Nothing depends on the public shapes or ids: they are read from the checkpoint. The numerical parity of
+the converted model with the original code is checked in test_parity_llm.py and test_parity_uni.py.
 """
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -19,12 +22,23 @@ from conftest import PARITY_DIR, REPO_ROOT, run_without_plugin
 
 from conversion.checkpoint_io import ConversionError
 from conversion.convert_llada2_uni_to_hf import convert, main
-from transformers_llada_uni import LLaDA2MoeConfig, LLaDA2MoeForCausalLM
+from transformers_llada_uni import (
+    LLaDA2MoeConfig,
+    LLaDA2MoeForCausalLM,
+    LLaDA2UniConfig,
+    LLaDA2UniForConditionalGeneration,
+    LLaDA2UniImageProcessor,
+)
 
 EXPERT_KEY = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 REMOTE_FILES = {"configuration_llada2_uni.py", "modeling_llada2_moe.py", "generation_llada2_uni.py"}
+UNI_REMOTE_FILES = REMOTE_FILES | {"modeling_llada2_uni.py", "generation_modes_llada2_uni.py",
+                                   "image_processing_llada2_uni.py"}
 ROOT_FILES = ("config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json")
+IMAGE_PREFIXES = {"model.visual.": "visual.", "model.vqmodel.": "vqmodel."}
+UNI_TOKENS = {"image_start_token_id": "<|image|>", "image_end_token_id": "<|/image|>", "boi_token_id": "<boi>",
+              "uncondition_token_id": "<uncondition>", "reserved_token_start_id": "<|reserved_token_0|>"}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +58,27 @@ def source_tensors(source):
 
 
 @pytest.fixture(scope="module")
+def image_tensors(source):
+    (path,) = (source / "image_tokenizer").glob("*.safetensors")
+    return load_file(str(path))
+
+
+@pytest.fixture(scope="module")
 def converted(source, tmp_path_factory):
     return convert(source, tmp_path_factory.mktemp("conv") / "out", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def text_only_source(source, tmp_path_factory):
+    """The parity checkpoint copied without image_tokenizer/ (decoder/, vae/ ... stay: they are only noted)."""
+    folder = tmp_path_factory.mktemp("text_only") / "orig"
+    shutil.copytree(source, folder, ignore=lambda d, names: ["image_tokenizer"] if d == str(source) else [])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def text_only_converted(text_only_source, tmp_path_factory):
+    return convert(text_only_source, tmp_path_factory.mktemp("conv_text") / "out", quiet=True)
 
 
 def _written(folder):
@@ -55,6 +88,12 @@ def _written(folder):
     return tensors
 
 
+def _ours(key):
+    """Original image-tokenizer key -> converted key."""
+    prefix = next(p for p in IMAGE_PREFIXES if key.startswith(p))
+    return IMAGE_PREFIXES[prefix] + key[len(prefix):]
+
+
 def _editable_copy(source, folder):
     """The LLM part of the parity checkpoint (root files + shards) copied to `folder`, to be edited."""
     folder.mkdir()
@@ -62,6 +101,20 @@ def _editable_copy(source, folder):
         (folder / name).write_bytes((source / name).read_bytes())
     for path in source.glob("*.safetensors"):
         (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+def _uni_copy(source, folder, weights_name=None, edit=None):
+    """The LLM part plus image_tokenizer/ (config, preprocessor config, weights, optionally renamed or edited)."""
+    _editable_copy(source, folder)
+    (folder / "image_tokenizer").mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        shutil.copyfile(source / "image_tokenizer" / name, folder / "image_tokenizer" / name)
+    (path,) = (source / "image_tokenizer").glob("*.safetensors")
+    tensors = load_file(str(path))
+    if edit is not None:
+        edit(tensors)
+    save_file(tensors, str(folder / "image_tokenizer" / (weights_name or path.name)), metadata={"format": "pt"})
     return folder
 
 
@@ -83,12 +136,7 @@ def _listing(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_key_layout(converted, source_tensors):
-    config = LLaDA2MoeConfig.from_pretrained(converted)
-    with torch.device("meta"):
-        model = LLaDA2MoeForCausalLM(config)
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    written = _written(converted)
+def _check_llm_layout(config, written, expected, source_tensors):
     assert {name: tuple(t.shape) for name, t in written.items()} == expected
     assert not any(EXPERT_KEY.match(name) for name in written)
     assert not any("inv_freq" in name for name in written)
@@ -102,7 +150,35 @@ def test_key_layout(converted, source_tensors):
         assert written[f"model.layers.{layer}.mlp.gate.expert_bias"].dtype == torch.float32
     qkv = written["model.layers.0.attention.query_key_value.weight"]
     assert qkv.shape == ((config.num_attention_heads + 2 * config.num_key_value_heads) * config.head_dim, H)
+
+
+def test_key_layout(converted, source_tensors, image_tensors):
+    config = LLaDA2UniConfig.from_pretrained(converted)
+    with torch.device("meta"):
+        model = LLaDA2UniForConditionalGeneration(config)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    written = _written(converted)
+    _check_llm_layout(config.text_config, written, expected, source_tensors)
+    # The image tokenizer: prefixes stripped, nothing else renamed, every tensor unchanged.
+    assert {k for k in written if k.startswith(("visual.", "vqmodel."))} == {_ours(k) for k in image_tensors}
+    assert set(written) == {k for k in written if k.startswith(("model.", "lm_head.", "visual.", "vqmodel."))}
+    for key, tensor in image_tensors.items():
+        assert torch.equal(written[_ours(key)], tensor), key
     assert (converted / "model.safetensors").is_file() and not (converted / "model.safetensors.index.json").exists()
+
+
+def test_text_only_key_layout(text_only_converted, source_tensors):
+    config = LLaDA2MoeConfig.from_pretrained(text_only_converted)
+    with torch.device("meta"):
+        model = LLaDA2MoeForCausalLM(config)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    written = _written(text_only_converted)
+    _check_llm_layout(config, written, expected, source_tensors)
+    assert set(written) == set(expected)
+    for key, tensor in source_tensors.items():
+        if not EXPERT_KEY.match(key):
+            assert torch.equal(written[key], tensor), key
+    assert (text_only_converted / "model.safetensors").is_file()
 
 
 def test_expert_fusion_equals_manual_stacking(converted, source_tensors):
@@ -122,34 +198,108 @@ def test_expert_fusion_equals_manual_stacking(converted, source_tensors):
             assert torch.equal(written[key], tensor), key
 
 
-def test_config_generation_config_and_code(converted, source):
+def _tokenizer_id(source, token):
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
+    return Tokenizer.from_file(str(source / "tokenizer.json")).token_to_id(token)
+
+
+def _check_text_config(config, source):
+    """The LLM fields of a converted config.json (top level for text-only, `text_config` for the composite)."""
     original = json.loads((source / "config.json").read_text())
-    config = json.loads((converted / "config.json").read_text())
-    assert config["mask_token_id"] == tokenizer.token_to_id("<|mask|>") == 444
-    assert config["eos_token_id"] == tokenizer.token_to_id("<|endoftext|>") == 441
-    assert config["pad_token_id"] == original["pad_token_id"] == 441
-    assert config["bos_token_id"] == tokenizer.token_to_id("<|startoftext|>") == 440
-    assert config["architectures"] == ["LLaDA2MoeForCausalLM"]
+    assert config["mask_token_id"] == _tokenizer_id(source, "<|mask|>") is not None
+    assert config["eos_token_id"] == _tokenizer_id(source, "<|endoftext|>") is not None
+    assert config["pad_token_id"] == original["pad_token_id"]
+    assert config["bos_token_id"] == _tokenizer_id(source, "<|startoftext|>") is not None
     assert config["dtype"] == "float32"
-    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_llada2_moe.LLaDA2MoeForCausalLM"
     for key in ("vocab_size", "hidden_size", "num_experts", "image_token_offset", "rope_theta"):
         assert config[key] == original[key]
-    generation = json.loads((converted / "generation_config.json").read_text())
+
+
+def _check_generation_config(folder, source):
+    generation = json.loads((folder / "generation_config.json").read_text())
     assert {k: generation[k] for k in ("mask_token_id", "eos_token_id", "pad_token_id", "block_length", "steps",
-                                       "threshold")} == {"mask_token_id": 444, "eos_token_id": 441,
-                                                         "pad_token_id": 441, "block_length": 32, "steps": 32,
-                                                         "threshold": 0.95}
-    assert REMOTE_FILES <= {p.name for p in converted.glob("*.py")}
-    assert not (converted / "image_tokenizer").exists()  # Uni components are not converted yet
+                                       "threshold")} == {
+        "mask_token_id": _tokenizer_id(source, "<|mask|>"), "eos_token_id": _tokenizer_id(source, "<|endoftext|>"),
+        "pad_token_id": json.loads((source / "config.json").read_text())["pad_token_id"],
+        "block_length": 32, "steps": 32, "threshold": 0.95}
+
+
+def test_config_generation_config_and_code(converted, source):
+    config = json.loads((converted / "config.json").read_text())
+    original = json.loads((source / "config.json").read_text())
+    image_config = json.loads((source / "image_tokenizer" / "config.json").read_text())
+    assert config["model_type"] == "llada2_uni"
+    assert config["architectures"] == ["LLaDA2UniForConditionalGeneration"]
+    assert config["dtype"] == "float32"
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_llada2_uni.LLaDA2UniConfig",
+        "AutoModel": "modeling_llada2_uni.LLaDA2UniForConditionalGeneration",
+        "AutoModelForCausalLM": "modeling_llada2_uni.LLaDA2UniForConditionalGeneration",
+        "AutoModelForImageTextToText": "modeling_llada2_uni.LLaDA2UniForConditionalGeneration",
+    }
+    assert config["image_token_offset"] == original["image_token_offset"]
+    for field, token in UNI_TOKENS.items():
+        assert config[field] == _tokenizer_id(source, token) is not None, field
+    _check_text_config(config["text_config"], source)
+    for name in ("vision_config", "vq_config"):
+        assert {k: config[name][k] for k in image_config[name]} == image_config[name]
+    _check_generation_config(converted, source)
+    assert UNI_REMOTE_FILES <= {p.name for p in converted.glob("*.py")}
+    # Only the LLM and the image tokenizer are converted; the pixel side is not copied.
+    for name in ("image_tokenizer", "decoder", "decoder-turbo", "vae", "sigvq_embedding.pt"):
+        assert not (converted / name).exists(), name
+
+
+def test_image_processor_config(converted, source):
+    original = json.loads((source / "image_tokenizer" / "preprocessor_config.json").read_text())
+    written = json.loads((converted / "preprocessor_config.json").read_text())
+    assert written["image_processor_type"] == "LLaDA2UniImageProcessor"
+    assert written["auto_map"] == {"AutoImageProcessor": "image_processing_llada2_uni.LLaDA2UniImageProcessor"}
+    for key in ("patch_size", "image_mean", "image_std", "rescale_factor", "do_rescale", "do_normalize"):
+        assert written[key] == original[key], key
+    assert written["merge_size"] == 1 and written["temporal_patch_size"] == 1
+    processor = LLaDA2UniImageProcessor.from_pretrained(converted)
+    assert processor.patch_size == original["patch_size"]
+
+
+def test_text_only_source_gives_the_plain_llm(text_only_converted, text_only_source):
+    config = json.loads((text_only_converted / "config.json").read_text())
+    assert config["model_type"] == "llada2_moe"
+    assert config["architectures"] == ["LLaDA2MoeForCausalLM"]
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_llada2_moe.LLaDA2MoeForCausalLM"
+    _check_text_config(config, text_only_source)
+    _check_generation_config(text_only_converted, text_only_source)
+    assert {p.name for p in text_only_converted.glob("*.py")} == REMOTE_FILES
+    assert not (text_only_converted / "preprocessor_config.json").exists()
+    assert isinstance(LLaDA2MoeForCausalLM.from_pretrained(text_only_converted), LLaDA2MoeForCausalLM)
+
+
+def test_components_llm_on_a_uni_root_gives_the_plain_llm(source, text_only_converted, tmp_path, capsys):
+    out = convert(source, tmp_path / "out", components="llm")
+    log = capsys.readouterr().out
+    assert "not converted (yet): image_tokenizer/" in log
+    assert json.loads((out / "config.json").read_text()) == json.loads(
+        (text_only_converted / "config.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in text_only_converted.iterdir())
+    whole, llm_only = _written(text_only_converted), _written(out)
+    assert whole.keys() == llm_only.keys() and all(torch.equal(whole[k], llm_only[k]) for k in whole)
+
+
+def test_components_errors(source, text_only_source, tmp_path):
+    with pytest.raises(ConversionError, match="must include llm"):
+        convert(source, tmp_path / "out", components=["image_tokenizer"], quiet=True)
+    with pytest.raises(ConversionError, match="subset of llm, image_tokenizer"):
+        convert(source, tmp_path / "out", components="llm,decoder", quiet=True)
+    with pytest.raises(ConversionError, match="has no image_tokenizer"):
+        convert(text_only_source, tmp_path / "out", components="llm,image_tokenizer", quiet=True)
+    assert _listing(tmp_path) == []
 
 
 def test_tokenizer_loads_with_and_without_plugin(converted):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    config = json.loads((converted / "config.json").read_text())
+    config = json.loads((converted / "config.json").read_text())["text_config"]
     for tokenizer in (AutoTokenizer.from_pretrained(converted), PreTrainedTokenizerFast.from_pretrained(converted)):
         assert tokenizer.mask_token == "<|mask|>"
         assert tokenizer.mask_token_id == config["mask_token_id"]
@@ -184,20 +334,23 @@ def test_small_shards_and_consistent_index(source, converted, tmp_path):
     assert index["metadata"]["total_size"] == total
     whole, sharded = _written(converted), _written(out)
     assert whole.keys() == sharded.keys() and all(torch.equal(whole[k], sharded[k]) for k in whole)
-    model = LLaDA2MoeForCausalLM.from_pretrained(out)
+    model = LLaDA2UniForConditionalGeneration.from_pretrained(out)
     assert torch.equal(model.model.layers[1].mlp.experts.gate_up_proj.data,
                        whole["model.layers.1.mlp.experts.gate_up_proj"])
+    assert torch.equal(model.vqmodel.quantize.embedding.weight.data, whole["vqmodel.quantize.embedding.weight"])
 
 
-def test_bf16_output_keeps_expert_bias_fp32(source, source_tensors, tmp_path):
+def test_bf16_output_keeps_expert_bias_fp32(source, source_tensors, image_tensors, tmp_path):
     out = convert(source, tmp_path / "bf16", dtype="bf16", quiet=True)
     written = _written(out)
+    originals = {**source_tensors, **{_ours(k): t for k, t in image_tensors.items()}}
     for name, tensor in written.items():
         want = torch.float32 if name.endswith("expert_bias") else torch.bfloat16
         assert tensor.dtype == want, name
-        if name in source_tensors:
-            assert torch.equal(tensor, source_tensors[name].to(want)), name
-    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+        if name in originals:
+            assert torch.equal(tensor, originals[name].to(want)), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == config["text_config"]["dtype"] == "bfloat16"
 
 
 def test_single_file_source_with_inv_freq_and_no_expert_bias(source, tmp_path):
@@ -343,3 +496,118 @@ def test_round_trip_with_other_shapes_and_ids(tmp_path):
     ids = torch.randint(0, 608, (1, 34))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# LLaDA2.0-Uni roots: the image tokenizer
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weights_name", ["image_tokenizer.safetensors", "model.safetensors", "siglip_vq.safetensors"])
+def test_image_tokenizer_weights_file_name(source, converted, tmp_path, capsys, weights_name):
+    """The release names the file image_tokenizer.safetensors or model.safetensors; any single *.safetensors file
+    converts to the same weights (and passes --verify)."""
+    folder = _uni_copy(source, tmp_path / "orig", weights_name=weights_name)
+    assert [p.name for p in (folder / "image_tokenizer").glob("*.safetensors")] == [weights_name]
+    out = convert(folder, tmp_path / "out", verify=weights_name == "image_tokenizer.safetensors")
+    log = capsys.readouterr().out
+    assert f"image_tokenizer/{weights_name}" in log
+    if weights_name == "image_tokenizer.safetensors":
+        assert "verified: one image patch" in log
+    reference, written = _written(converted), _written(out)
+    assert reference.keys() == written.keys() and all(torch.equal(reference[k], written[k]) for k in reference)
+    assert json.loads((out / "config.json").read_text()) == json.loads((converted / "config.json").read_text())
+
+
+@pytest.mark.parametrize("case", ["foreign_prefix", "missing", "unknown", "shape", "two_files", "no_file"])
+def test_image_tokenizer_errors(source, tmp_path, case):
+    """Every image tokenizer key must map (prefix model.visual. / model.vqmodel.), every module tensor must be filled,
+    shapes must agree, and there must be exactly one weights file; the error names the offenders."""
+    edits = {
+        "foreign_prefix": (lambda t: t.update({"model.decoder.proj.weight": torch.zeros(2)}),
+                           "model.decoder.proj.weight"),
+        "missing": (lambda t: t.pop("model.vqmodel.post_quant_conv.weight"), "model.vqmodel.post_quant_conv.weight"),
+        "unknown": (lambda t: t.update({"model.visual.mystery.weight": torch.zeros(2)}), "model.visual.mystery.weight"),
+        "shape": (lambda t: t.update({"model.vqmodel.quantize.embedding.weight": torch.zeros(3, 5)}),
+                  "model.vqmodel.quantize.embedding.weight [3, 5]"),
+    }
+    edit, message = edits.get(case, (None, "exactly one *.safetensors"))
+    folder = _uni_copy(source, tmp_path / "orig", edit=edit)
+    weights = next((folder / "image_tokenizer").glob("*.safetensors"))
+    if case == "two_files":
+        shutil.copyfile(weights, folder / "image_tokenizer" / "image_tokenizer.safetensors")
+    elif case == "no_file":
+        weights.unlink()
+    (tmp_path / "dest").mkdir()
+    with pytest.raises(ConversionError, match=re.escape(message)):
+        convert(folder, tmp_path / "dest" / "out", quiet=True)
+    assert _listing(tmp_path / "dest") == []
+
+
+def test_processor_merge_size_is_forced_to_one(source, tmp_path, capsys):
+    folder = _uni_copy(source, tmp_path / "orig")
+    config_file = folder / "image_tokenizer" / "preprocessor_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "merge_size": 2}))
+    out = convert(folder, tmp_path / "out")
+    assert re.search(r"warning: .*merge_size 2; it is forced to 1", capsys.readouterr().out)
+    assert json.loads((out / "preprocessor_config.json").read_text())["merge_size"] == 1
+
+
+def test_uni_round_trip_with_other_shapes_and_ids(tmp_path, capsys):
+    """A random composite with shapes unlike the public set (5 layers, 32 experts, head_dim 8; vision depth 3, 2 heads,
+    a 6x6 position table, codebook 72x24), image ids elsewhere, `<uncondition>` absent from the tokenizer, the weights
+    file named image_tokenizer.safetensors: the converted folder holds exactly that model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    text = dict(vocab_size=608, hidden_size=64, intermediate_size=80, moe_intermediate_size=4, num_hidden_layers=5,
+                first_k_dense_replace=2, num_attention_heads=8, num_key_value_heads=2, head_dim=8, num_experts=32,
+                num_experts_per_tok=6, n_group=8, topk_group=3, routed_scaling_factor=2.5, pad_token_id=465,
+                image_token_offset=536)
+    vision = dict(hidden_size=32, intermediate_size=48, num_heads=2, depth=3, patch_size=16, image_size=96,
+                  in_channels=3, hidden_act="gelu", attention_bias=True, layer_norm_eps=1e-6, spatial_merge_size=1)
+    vq = dict(num_embeddings=72, embed_dim=24, latent_channels=32, beta=0.25)
+    specials = {"<|startoftext|>": 464, "<|endoftext|>": 465, "<|mask|>": 468, "<|image|>": 474, "<|/image|>": 475,
+                "<boi>": 477, **{f"<|reserved_token_{n}|>": 484 + n for n in range(48)}}
+    torch.manual_seed(0)
+    model = LLaDA2UniForConditionalGeneration(LLaDA2UniConfig(
+        text_config=LLaDA2MoeConfig(**text, mask_token_id=468), vision_config=vision, vq_config=vq)).eval()
+    for layer in model.model.layers[2:]:
+        layer.mlp.gate.expert_bias.normal_(0, 0.15)
+    with torch.no_grad():
+        model.visual.embeddings.position_embedding.weight.mul_(8)
+
+    folder = tmp_path / "orig"
+    (folder / "image_tokenizer").mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LLaDA2MoeModelLM"],
+                                                    "model_type": "llada2_moe", **text}))
+    state = model.state_dict()
+    llm = _original_layout({k: v for k, v in state.items() if k.startswith(("model.", "lm_head."))})
+    save_file(llm, str(folder / "model.safetensors"))
+    image = {"model." + k: v.clone() for k, v in state.items() if k.startswith(("visual.", "vqmodel."))}
+    save_file(image, str(folder / "image_tokenizer" / "image_tokenizer.safetensors"))
+    (folder / "image_tokenizer" / "config.json").write_text(json.dumps({"vision_config": vision, "vq_config": vq}))
+    (folder / "image_tokenizer" / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "GlmImageImageProcessor", "patch_size": 16, "temporal_patch_size": 1,
+        "merge_size": 1, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "rescale_factor": 1 / 255,
+        "do_resize": False}))
+    vocab = {f"w{i}": i for i in range(536) if i not in specials.values()}
+    tokenizer = Tokenizer(models.WordLevel({**vocab, **specials}, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(folder / "tokenizer.json"))
+
+    out = convert(folder, tmp_path / "out", max_shard_size="20KB")
+    assert "note: the tokenizer has no <uncondition>; uncondition_token_id stays None" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert {k: config[k] for k in (*UNI_TOKENS, "image_token_offset")} == {
+        "image_start_token_id": 474, "image_end_token_id": 475, "boi_token_id": 477, "uncondition_token_id": None,
+        "reserved_token_start_id": 484, "image_token_offset": 536}
+    assert config["text_config"]["mask_token_id"] == 468
+    loaded = LLaDA2UniForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
+    for name, tensor in state.items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    ids = torch.randint(0, 608, (1, 34))
+    grid = torch.tensor([[1, 5, 3], [1, 2, 7]])  # non-square, packed, one larger than the 6x6 table in neither side
+    pixels = torch.randn(int(grid.prod(dim=1).sum()), 3 * 16 * 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+        assert torch.equal(loaded.get_image_tokens(pixels, grid), model.get_image_tokens(pixels, grid))

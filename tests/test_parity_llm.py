@@ -1,11 +1,12 @@
 """Headline parity check: original checkpoint -> conversion script -> plain transformers (plugin not importable).
 
-The public parity checkpoint is converted with the command-line script, then a fresh interpreter that cannot import
-`transformers_llada_uni` loads the output with `AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)` and
-reproduces the original code's forward (`expected/llm_forward.pt`) and greedy `generate` runs
-(`expected/llm_generate.json`) for both the SDPA and eager attention backends. The subprocess prints one JSON summary
-that the tests assert on, so a failure shows the numbers. Nothing here depends on the public shapes or ids: everything
-comes from the expected files.
+The public parity checkpoint (a LLaDA2.0-Uni root) is converted with the command-line script into the composite
+`LLaDA2UniForConditionalGeneration`, then a fresh interpreter that cannot import `transformers_llada_uni` loads the
+output with `AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)` (and `AutoModel`) and reproduces the
+original code's backbone forward (`expected/llm_forward.pt`) and greedy `generate` runs (`expected/llm_generate.json`)
+for both the SDPA and eager attention backends: for text the composite is exactly the backbone. The subprocess prints
+one JSON summary that the tests assert on, so a failure shows the numbers. Nothing here depends on the public shapes or
+ids: everything comes from the expected files. The image side is checked in test_parity_uni.py.
 """
 
 import json
@@ -24,7 +25,7 @@ IMPLEMENTATIONS = ("sdpa", "eager")
 
 _PARITY_SCRIPT = """
 import json, re, torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM
 
 folder, expected_dir, logits_file = {folder!r}, {expected_dir!r}, {logits_file!r}
 exp = torch.load(expected_dir + "/llm_forward.pt", weights_only=True)
@@ -60,7 +61,10 @@ for impl in {implementations!r}:
         folder, trust_remote_code=True, dtype=torch.float32, attn_implementation=impl
     ).eval()
     entry = {{"class": type(model).__name__, "module": type(model).__module__,
-              "attn_implementation": model.config._attn_implementation}}
+              "loaded_backbone_attn_implementation": model.model.config._attn_implementation}}
+    # What the backbone runs is what is compared (see test_parity_uni.py::test_attn_implementation_reaches_the_sub_models).
+    model.set_attn_implementation(impl)
+    entry["attn_implementation"] = model.model.config._attn_implementation
 
     gates = [int(re.search(r"layers\\.(\\d+)\\.", name).group(1)) for name in exp["router_layer_names"]]
     records = []
@@ -116,6 +120,12 @@ for impl in {implementations!r}:
     entry["generate"] = runs
     report[impl] = entry
 
+model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+with torch.no_grad():
+    out = model(input_ids=exp["input_ids"], position_ids=exp["position_ids"])
+report["AutoModel"] = {{"class": type(model).__name__, "module": type(model).__module__,
+                        "logits_full": max_diff(out.logits, exp["logits_full"])}}
+
 torch.save(saved_logits, logits_file)
 print(json.dumps(report))
 """
@@ -169,7 +179,7 @@ def plugin_free_report(converted):
 def test_forward_matches_original(plugin_free_report, impl):
     entry = plugin_free_report[0][impl]
     summary = json.dumps({k: v for k, v in entry.items() if k != "generate"}, indent=1)
-    assert entry["class"] == "LLaDA2MoeForCausalLM", summary
+    assert entry["class"] == "LLaDA2UniForConditionalGeneration", summary
     assert "transformers_modules" in entry["module"], summary  # the folder's remote code, not the plugin
     assert entry["attn_implementation"] == impl, summary
     for key in ("logits_block_causal_bool", "logits_block_causal_additive", "logits_full", "batch2_logits_row1",
@@ -177,6 +187,13 @@ def test_forward_matches_original(plugin_free_report, impl):
         assert entry[key] <= LOGITS_ATOL, f"{key}: {summary}"
     assert entry["hidden_states_shape"] == entry["hidden_states_expected_shape"], summary
     assert entry["hidden_states_block_causal"] <= HIDDEN_ATOL, summary
+
+
+def test_automodel_loads_the_composite(plugin_free_report):
+    entry = plugin_free_report[0]["AutoModel"]
+    assert entry["class"] == "LLaDA2UniForConditionalGeneration", entry
+    assert "transformers_modules" in entry["module"], entry
+    assert entry["logits_full"] <= LOGITS_ATOL, entry
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -201,13 +218,16 @@ def test_greedy_generate_matches_original(plugin_free_report, impl):
 
 
 def test_plugin_loader_gives_the_same_logits(converted, plugin_free_report):
-    """In-process, with the plugin: `LLaDA2MoeForCausalLM.from_pretrained(out)` matches the fixture and the
-    plugin-free run."""
-    from transformers_llada_uni import LLaDA2MoeForCausalLM
+    """In-process, with the plugin: `AutoModelForCausalLM.from_pretrained(out)` gives the plugin's composite, which
+    matches the fixture and the plugin-free run."""
+    from transformers import AutoModelForCausalLM
+    from transformers_llada_uni import LLaDA2UniForConditionalGeneration
 
     expected = torch.load(PARITY_DIR / "expected" / "llm_forward.pt", weights_only=True)
     for impl in IMPLEMENTATIONS:
-        model = LLaDA2MoeForCausalLM.from_pretrained(converted, dtype=torch.float32, attn_implementation=impl).eval()
+        model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32, attn_implementation=impl).eval()
+        assert type(model) is LLaDA2UniForConditionalGeneration
+        model.set_attn_implementation(impl)
         with torch.no_grad():
             logits = model(input_ids=expected["input_ids"], attention_mask=expected["attention_allowed_block_causal"],
                            position_ids=expected["position_ids"]).logits
@@ -220,11 +240,11 @@ def test_written_generation_config_drives_generate(converted):
     """generate() without `mask_id` / `eos_id` arguments: the ids come from the written generation_config.json,
     which from_pretrained loads as a LLaDA2GenerationConfig (or passed explicitly)."""
     from transformers import GenerationConfig
-    from transformers_llada_uni import LLaDA2GenerationConfig, LLaDA2MoeForCausalLM
+    from transformers_llada_uni import LLaDA2GenerationConfig, LLaDA2UniForConditionalGeneration
 
     gen = json.loads((PARITY_DIR / "expected" / "llm_generate.json").read_text())
     run = gen["runs_greedy"][0]
-    model = LLaDA2MoeForCausalLM.from_pretrained(converted, dtype=torch.float32).eval()
+    model = LLaDA2UniForConditionalGeneration.from_pretrained(converted, dtype=torch.float32).eval()
     assert isinstance(model.generation_config, LLaDA2GenerationConfig)
     loaded = model.generation_config
     assert (loaded.mask_token_id, loaded.steps, loaded.threshold, loaded.temperature) == (gen["mask_id"], 32, 0.95, 0.0)

@@ -1,6 +1,7 @@
 """Configurations for the LLaDA2 MoE masked-diffusion backbone (and, later, the LLaDA2.0-Uni composite)."""
 
 from transformers import PretrainedConfig
+from transformers.models.glm_image.configuration_glm_image import GlmImageVisionConfig, GlmImageVQVAEConfig
 
 
 # Ids the original code hard-codes (LLaDA2 / Ling tokenizer).
@@ -271,6 +272,8 @@ class LLaDA2UniConfig(PretrainedConfig):
     """
 
     model_type = "llada2_uni"
+    # Declared so that settings such as attn_implementation reach the backbone and the vision tower.
+    sub_configs = {"text_config": LLaDA2MoeConfig, "vision_config": GlmImageVisionConfig, "vq_config": GlmImageVQVAEConfig}
 
     def __init__(
         self,
@@ -286,8 +289,6 @@ class LLaDA2UniConfig(PretrainedConfig):
         num_reserved_tokens=48,
         **kwargs,
     ):
-        from transformers.models.glm_image.configuration_glm_image import GlmImageVisionConfig, GlmImageVQVAEConfig
-
         if isinstance(text_config, dict):
             text_config = LLaDA2MoeConfig(**text_config)
         self.text_config = text_config if text_config is not None else LLaDA2MoeConfig()
