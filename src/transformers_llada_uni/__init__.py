@@ -4,7 +4,14 @@ Importing this package registers the classes with the transformers Auto classes;
 the remote-code bundle written next to saved checkpoints, so they import only torch, transformers and each other.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+)
 
 from .configuration_llada2_uni import LLaDA2MoeConfig, LLaDA2UniConfig
 from .generation_llada2_uni import (
@@ -16,6 +23,7 @@ from .generation_llada2_uni import (
 from .image_processing_llada2_uni import LLaDA2UniImageProcessor
 from .modeling_llada2_moe import LLaDA2MoeForCausalLM, LLaDA2MoeModel, LLaDA2MoeModelLM, LLaDA2MoePreTrainedModel
 from .modeling_llada2_uni import LLaDA2UniForConditionalGeneration
+from .processing_llada2_uni import LLaDA2UniProcessor
 
 AutoConfig.register(LLaDA2MoeConfig.model_type, LLaDA2MoeConfig, exist_ok=True)
 AutoModel.register(LLaDA2MoeConfig, LLaDA2MoeForCausalLM, exist_ok=True)
@@ -24,12 +32,14 @@ AutoConfig.register(LLaDA2UniConfig.model_type, LLaDA2UniConfig, exist_ok=True)
 for _auto in (AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText):
     _auto.register(LLaDA2UniConfig, LLaDA2UniForConditionalGeneration, exist_ok=True)
 AutoImageProcessor.register(LLaDA2UniConfig, slow_image_processor_class=LLaDA2UniImageProcessor, exist_ok=True)
+AutoProcessor.register(LLaDA2UniConfig, LLaDA2UniProcessor, exist_ok=True)
 # save_pretrained copies these files and writes `auto_map`, so the folder loads with trust_remote_code alone.
 LLaDA2MoeConfig.register_for_auto_class()
 LLaDA2MoeForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 LLaDA2UniConfig.register_for_auto_class()
 LLaDA2UniForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
 LLaDA2UniImageProcessor.register_for_auto_class("AutoImageProcessor")
+LLaDA2UniProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "BlockDiffusionCache",
@@ -44,4 +54,5 @@ __all__ = [
     "LLaDA2UniConfig",
     "LLaDA2UniForConditionalGeneration",
     "LLaDA2UniImageProcessor",
+    "LLaDA2UniProcessor",
 ]
