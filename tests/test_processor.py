@@ -58,8 +58,8 @@ def make_tokenizer(keep_spaces=False, specials=None):
 def make_processor(tokenizer=None, **kwargs):
     kwargs.setdefault("image_token_offset", OFFSET)
     kwargs.setdefault("codebook_size", CODEBOOK)
-    return LLaDA2UniProcessor(image_processor=LLaDA2UniImageProcessor(), tokenizer=tokenizer or make_tokenizer(),
-                              **kwargs)
+    kwargs.setdefault("image_processor", LLaDA2UniImageProcessor())
+    return LLaDA2UniProcessor(tokenizer=tokenizer or make_tokenizer(), **kwargs)
 
 
 @pytest.fixture(scope="module")

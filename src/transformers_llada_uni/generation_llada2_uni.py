@@ -285,7 +285,7 @@ class LLaDA2MoeGenerationMixin:
         config = self._diffusion_config(generation_config, kwargs)
         if kwargs:
             raise ValueError(f"unknown generate() arguments: {sorted(kwargs)}.")
-        prompts = _split_prompts(inputs, attention_mask)
+        prompts = split_prompts(inputs, attention_mask)
         longest = max(len(p) for p in prompts)
         limit = self.config.get_text_config().max_position_embeddings
         if longest > limit:
@@ -435,22 +435,22 @@ def restrict_vocab(logits, lo, hi):
     return logits.masked_fill(~keep, float("-inf"))
 
 
-def _split_prompts(inputs, attention_mask):
+def split_prompts(inputs, attention_mask, name="attention_mask"):
     """Real tokens of each row; padding must be on the left."""
     if attention_mask is None:
         return list(inputs)
     if attention_mask.shape != inputs.shape:
         raise ValueError(
-            f"`attention_mask` must have the shape of `inputs` {list(inputs.shape)}, got {list(attention_mask.shape)}."
+            f"`{name}` must have the shape of `inputs` {list(inputs.shape)}, got {list(attention_mask.shape)}."
         )
     keep = attention_mask.bool()
     prompts = []
     for row, row_keep in enumerate(keep):
         count = int(row_keep.sum())
         if count == 0:
-            raise ValueError(f"`attention_mask` row {row} has no real token.")
+            raise ValueError(f"`{name}` row {row} has no real token.")
         if not row_keep[-count:].all():
-            raise ValueError("`attention_mask` must describe left padding (zeros first, then ones).")
+            raise ValueError(f"`{name}` must describe left padding (zeros first, then ones).")
         prompts.append(inputs[row, -count:])
     return prompts
 

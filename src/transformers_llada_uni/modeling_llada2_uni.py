@@ -44,12 +44,17 @@ class LLaDA2UniForConditionalGeneration(LLaDA2MoeForCausalLM, LLaDA2UniGeneratio
         return super().forward(input_ids=input_ids, **kwargs)
 
     def generate(self, inputs=None, generation_config=None, attention_mask=None, streamer=None, generator=None,
-                 pixel_values=None, image_grid_thw=None, image_tokens=None, **kwargs):
-        """Text generation (`LLaDA2MoeGenerationMixin.generate`) after putting the images' tokens into the prompt."""
+                 pixel_values=None, image_grid_thw=None, image_tokens=None, generation_mode="text", **kwargs):
+        """`generation_mode="text"` (default): text generation (`LLaDA2MoeGenerationMixin.generate`) after putting
+        the images' tokens into the prompt. `generation_mode="image"`: `generate_image_tokens(inputs, ...)`."""
         if inputs is None:
             inputs = kwargs.pop("input_ids", None)
         if inputs is not None and (pixel_values is not None or image_tokens is not None):
             inputs = self.insert_image_tokens(inputs, pixel_values, image_grid_thw, image_tokens)
+        if generation_mode == "image":
+            return self.generate_image_tokens(inputs, attention_mask=attention_mask, generator=generator, **kwargs)
+        if generation_mode != "text":
+            raise ValueError(f"`generation_mode` must be 'text' or 'image', got {generation_mode!r}.")
         return super().generate(inputs, generation_config, attention_mask=attention_mask, streamer=streamer,
                                 generator=generator, **kwargs)
 
