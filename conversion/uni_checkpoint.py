@@ -12,6 +12,7 @@ Any other prefix is an error. `image_tokenizer/preprocessor_config.json` becomes
 """
 
 import json
+import shutil
 from pathlib import Path
 
 from conversion.checkpoint_io import ConversionError, SourceCheckpoint, _short_list, check_written
@@ -197,6 +198,37 @@ def write_image_processor(processor, dst: Path):
         raise ConversionError("preprocessor_config.json does not read back to the same image processor")
 
 
+PROCESSOR_FILES = ("processor_config.json", "chat_template.jinja", "processing_llada2_uni.py")
+
+
+def write_processor(image_processor, config, dst: Path, log):
+    """The full `LLaDA2UniProcessor` (tokenizer + image processor + prompt templates) for `AutoProcessor`.
+
+    It is saved into a scratch folder and only its own files are taken over, so the tokenizer files copied from the
+    source stay as they are. A tokenizer without the image special tokens gets no processor (with a note).
+    """
+    import tempfile
+
+    from transformers import PreTrainedTokenizerFast
+
+    from transformers_llada_uni import LLaDA2UniProcessor
+
+    try:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(dst))
+        processor = LLaDA2UniProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                       image_token_offset=config.image_token_offset,
+                                       codebook_size=config.codebook_size)
+    except (OSError, ValueError) as error:
+        log(f"note: no processor written (AutoProcessor will not load): {error}")
+        return
+    with tempfile.TemporaryDirectory(dir=dst) as scratch:
+        processor.save_pretrained(scratch)
+        for name in PROCESSOR_FILES:
+            if not (Path(scratch) / name).is_file():
+                raise ConversionError(f"the processor did not write {name}")
+            shutil.copyfile(Path(scratch) / name, dst / name)
+
+
 def convert_uni(src: Path, dst: Path, *, dtype, max_bytes: int, log):
     """Write the converted composite (LLM + image tokenizer + image processor) into the empty folder `dst`."""
     from transformers_llada_uni import LLaDA2UniForConditionalGeneration
@@ -221,6 +253,7 @@ def convert_uni(src: Path, dst: Path, *, dtype, max_bytes: int, log):
         files, written = write_weights(dst, ordered, max_bytes, log)
     finish_folder(config, src, dst, log, LLaDA2UniForConditionalGeneration)
     write_image_processor(processor, dst)
+    write_processor(processor, config, dst, log)
     check_written(dst, written, max_bytes)
     return files
 

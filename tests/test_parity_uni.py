@@ -108,6 +108,21 @@ report["t2i_restricted"] = []
 for run in t2i["runs"]:
     out = model.generate_image_tokens(cond, cfg_scale=run["cfg_scale"], **settings)
     report["t2i_restricted"].append({{"cfg_scale": run["cfg_scale"], "token_ids": out["token_ids"][0].tolist()}})
+# The whole user path: AutoProcessor builds the prompts from the fixture's text, then the model generates.
+from transformers import AutoProcessor
+full_processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+batch = full_processor(text=t2i["prompt"], mode="t2i", grid=(t2i["h"], t2i["w"]))
+report["processor_prompts"] = {{
+    "class": type(full_processor).__name__,
+    "cond_equal": batch["input_ids"][0].tolist() == t2i["cond_input_ids"],
+    "uncond_equal": batch["uncond_input_ids"][0].tolist() == t2i["uncond_input_ids"],
+}}
+first = t2i["runs"][0]
+out = model.generate_image_tokens(batch["input_ids"], uncond_input_ids=batch["uncond_input_ids"],
+                                  uncond_attention_mask=batch["uncond_attention_mask"], height=t2i["h"],
+                                  width=t2i["w"], steps=t2i["steps"], threshold=t2i["threshold"],
+                                  cfg_scale=first["cfg_scale"], restrict_to_image_vocab=False)
+report["processor_prompts"]["token_ids_equal"] = out["token_ids"][0].tolist() == first["token_ids"]
 report["t2i_fixture"] = {{k: t2i[k] for k in ("h", "w", "mask_token_id", "end_of_image_token_id",
                                               "image_token_offset")}}
 print(json.dumps(report))
@@ -206,6 +221,11 @@ def test_text_to_image_matches_the_port(report):
         assert _port_ids_match(run["token_ids"], run["expected_token_ids"], fixture["h"] * fixture["w"]), \
             _summary(run)
         assert run["num_forward_passes"] == run["num_forward_calls"], _summary(run)
+
+
+def test_processor_prompts_and_generation_reproduce_the_port(report):
+    assert report["processor_prompts"] == {"class": "LLaDA2UniProcessor", "cond_equal": True, "uncond_equal": True,
+                                           "token_ids_equal": True}
 
 
 def test_text_to_image_restricted_to_image_codes(report):
