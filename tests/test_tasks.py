@@ -123,3 +123,19 @@ def test_saved_composite_runs_the_tasks_without_plugin(tmp_path, model, processo
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report.pop("class") == "LLaDA2UniForConditionalGeneration"
     assert report == json.loads(json.dumps(expected))
+
+
+def test_multi_reference_edit_uses_the_first_grid(model, processor):
+    sources = [picture(3, 64, 128), picture(4, 128, 64)]
+    out = model.edit_image(image=sources, instruction="Make it blue", processor=processor, steps=4)
+    grid = processor(text="Make it blue", mode="edit", images=sources)["image_grid_thw"][0].tolist()
+    assert (out["h"], out["w"]) == (grid[1], grid[2])
+    assert len(out["token_ids"]) == out["h"] * out["w"] and all(0 <= t < CODEBOOK for t in out["token_ids"])
+
+
+def test_edit_image_from_original_token_ids(model, processor):
+    h, w = 2, 3
+    codes = torch.arange(h * w) % CODEBOOK
+    by_offset = model.edit_image((codes + OFFSET).tolist(), h, w, "Make it blue", processor=processor, steps=4)
+    by_codes = model.edit_image(codes.tolist(), h, w, "Make it blue", processor=processor, steps=4)
+    assert by_offset == by_codes and (by_offset["h"], by_offset["w"]) == (h, w)
