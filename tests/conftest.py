@@ -46,6 +46,27 @@ def tiny_config_kwargs(**overrides):
     return kwargs
 
 
+def offline_env() -> dict:
+    env = dict(os.environ)
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory):
+    """The public parity checkpoint converted with the command-line script, as a user would (once per session)."""
+    if not PARITY_DIR.is_dir():
+        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
+    output = tmp_path_factory.mktemp("parity") / "llada2-uni-converted"
+    result = subprocess.run(
+        [sys.executable, "conversion/convert_llada2_uni_to_hf.py", "--original", str(PARITY_DIR / "checkpoint"),
+         "--output", str(output)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=offline_env(),
+    )
+    assert result.returncode == 0, f"conversion failed:\n{result.stdout}\n{result.stderr}"
+    return output
+
+
 @pytest.fixture
 def parity_dir():
     if not PARITY_DIR.is_dir():
@@ -73,8 +94,7 @@ _SANITIZE = textwrap.dedent(
 
 def run_without_plugin(script: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `script` in a fresh interpreter where `transformers_llada_uni` cannot be imported; fail on non-zero exit."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"
+    env = {k: v for k, v in offline_env().items() if k != "PYTHONPATH"}
     code = _SANITIZE + textwrap.dedent(script)
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout, cwd="/"

@@ -27,15 +27,6 @@ EOS = 68
 PROMPT_VOCAB = 120  # prompts use ids below the special ones
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The models are tiny: one thread is as fast and does not collapse when other processes share the 2 cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(seed=1, lm_gain=7.0, **overrides):
     torch.manual_seed(seed)
     kwargs = tiny_config_kwargs(initializer_range=0.1, eos_token_id=EOS, pad_token_id=PAD, mask_token_id=MASK)

@@ -12,15 +12,6 @@ from transformers_llada_uni import LLaDA2MoeConfig, LLaDA2MoeForCausalLM
 from transformers_llada_uni.modeling_llada2_moe import LLaDA2MoeExperts, LLaDA2MoeSparseMoeBlock
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The models are tiny: one thread is as fast and does not collapse when other processes share the 2 cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(seed=0, init=0.1, **overrides):
     """A tiny random model with a non-zero expert_bias and weights large enough that routing and attention matter."""
     torch.manual_seed(seed)

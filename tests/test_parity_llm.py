@@ -10,13 +10,11 @@ ids: everything comes from the expected files. The image side is checked in test
 """
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import PARITY_DIR, REPO_ROOT, run_without_plugin
+from conftest import PARITY_DIR, run_without_plugin
 
 LOGITS_ATOL = 1e-4
 HIDDEN_ATOL = 1e-5
@@ -131,36 +129,7 @@ print(json.dumps(report))
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """This tiny model runs fastest on one thread; extra OpenMP threads only spin (badly so on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """The public parity checkpoint converted with the command-line script, as a user would."""
-    if not PARITY_DIR.is_dir():
-        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
-    output = tmp_path_factory.mktemp("parity") / "llada2-uni-converted"
-    result = subprocess.run(
-        [sys.executable, "conversion/convert_llada2_uni_to_hf.py", "--original", str(PARITY_DIR / "checkpoint"),
-         "--output", str(output)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=_offline_env(),
-    )
-    assert result.returncode == 0, f"conversion failed:\n{result.stdout}\n{result.stderr}"
-    return output
-
-
-def _offline_env():
-    import os
-
-    env = dict(os.environ)
-    env["HF_HUB_OFFLINE"] = "1"
-    return env
 
 
 @pytest.fixture(scope="module")

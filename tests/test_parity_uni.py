@@ -17,13 +17,11 @@ grids, and an early `<|/image|>`.
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import PARITY_DIR, REPO_ROOT, run_without_plugin, tiny_config_kwargs
+from conftest import PARITY_DIR, run_without_plugin, tiny_config_kwargs
 
 FEATURES_ATOL = 1e-5
 
@@ -129,27 +127,7 @@ print(json.dumps(report))
 """
 
 
-def _offline_env():
-    import os
 
-    env = dict(os.environ)
-    env["HF_HUB_OFFLINE"] = "1"
-    return env
-
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """The public parity checkpoint converted with the command-line script, as a user would."""
-    if not PARITY_DIR.is_dir():
-        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
-    output = tmp_path_factory.mktemp("parity_uni") / "llada2-uni-converted"
-    result = subprocess.run(
-        [sys.executable, "conversion/convert_llada2_uni_to_hf.py", "--original", str(PARITY_DIR / "checkpoint"),
-         "--output", str(output)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=_offline_env(),
-    )
-    assert result.returncode == 0, f"conversion failed:\n{result.stdout}\n{result.stderr}"
-    return output
 
 
 @pytest.fixture(scope="module")
