@@ -9,6 +9,7 @@ Because a finished block never attends to later tokens, its keys and values are 
 each later step only runs the active block. The cached and uncached paths make the same decisions.
 """
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -313,7 +314,7 @@ class LLaDA2MoeGenerationMixin:
         return _cut_after_eos(generated, config.eos_token_id, config.pad_token_id), passes, history
 
     def _run_blocks(self, canvas, config, *, combine=None, vocab_range=None, stop_rule="block", streamer=None,
-                    generator=None):
+                    generator=None, constrain=None):
         """Denoise `canvas` block by block; returns (generated ids [B, gen_length], forward count, history).
 
         `combine` maps the logits of all canvas rows [R, L, V] to those of the B primary rows (guidance); rows after
@@ -321,6 +322,9 @@ class LLaDA2MoeGenerationMixin:
         those ids. `stop_rule`: "block" (text: a row stops after the block holding its first EOS, or mid-block on a
         step committing a settled EOS when `eos_early_stop`), or "settled" (a row stops on any step once its first
         `eos_token_id` has nothing masked before it).
+        `constrain(logits, tokens, start, end) -> (logits [B, L, V], allow [B, L] bool)`, when given, runs last on
+        every step's logits (all rows when `combine` is None) with the live canvas; only positions where `allow` is
+        True may be committed on that step, and a block then takes extra steps (quota >= 1) until it has no mask left.
         """
         L, G, mask_id, stop_id = config.block_length, config.gen_length, config.mask_token_id, config.eos_token_id
         tokens, gen_start = canvas.tokens, canvas.gen_start
@@ -335,7 +339,7 @@ class LLaDA2MoeGenerationMixin:
 
         for block in range(canvas.first_block, total // L):
             start, end = block * L, (block + 1) * L
-            for step in range(steps):
+            for step in range(steps) if constrain is None else itertools.count():
                 active = (tokens[:batch, start:end] == mask_id) & ~finished.unsqueeze(1)
                 if not active.any():
                     break
@@ -355,8 +359,14 @@ class LLaDA2MoeGenerationMixin:
                     logits = combine(logits)
                 if vocab_range is not None:
                     logits = restrict_vocab(logits, *vocab_range)
+                quota = quotas[step] if step < steps else max(1, quotas[-1])
+                if constrain is not None:
+                    logits, allow = constrain(logits, tokens, start, end)
+                    active = active & allow
+                    if not active.any():
+                        raise RuntimeError("`constrain` allowed no masked position to be committed.")
                 sampled, confidence = sample_tokens(logits, config.temperature, config.top_k, config.top_p, generator)
-                commit = select_transfers(confidence, active, quotas[step], config.threshold)
+                commit = select_transfers(confidence, active, quota, config.threshold)
                 tokens[:batch, start:end] = torch.where(commit, sampled, tokens[:batch, start:end])
                 for row, source in canvas.mirrors:
                     begin = max(start, gen_start[source])

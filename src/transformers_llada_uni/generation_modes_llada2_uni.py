@@ -13,10 +13,11 @@ from typing import Optional
 
 import torch
 
+from .generation_interleaved_llada2_uni import LLaDA2UniInterleavedMixin
 from .generation_llada2_uni import LLaDA2GenerationConfig, build_canvas, split_prompts
 
 
-class LLaDA2UniGenerationMixin:
+class LLaDA2UniGenerationMixin(LLaDA2UniInterleavedMixin):
     """Image-token generation for `LLaDA2UniForConditionalGeneration`."""
 
     @torch.no_grad()

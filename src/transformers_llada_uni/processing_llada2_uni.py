@@ -9,6 +9,8 @@ Templates (original-system.md section 6.2; each is one line, `{IMG}` an input im
     edit cond       <role>SYSTEM</role> {edit sys} <role>HUMAN</role>{IMG...}{instruction}<role>ASSISTANT</role>{HDR}
     edit uncond     edit cond with {instruction} replaced by <uncondition>
     edit uncond_img edit cond with every {IMG} replaced by a bare <|image|>
+    interleaved     <role>SYSTEM</role> {interleaved sys} <role>HUMAN</role>{IMG...}{text}<role>ASSISTANT</role>
+    interl. uncond  interleaved with {text} replaced by <uncondition> (images kept; CFG of generated images)
 
     {IMG} = <|image|><|reserved_token_h|><|reserved_token_w|><boi> + h*w image ids + <|/image|>
     {HDR} = <|image|><|reserved_token_h|><|reserved_token_w|><boi>
@@ -44,8 +46,10 @@ DEFAULT_SYSTEM_PROMPTS = {
     "t2i": "You are a text-to-image generation assistant.",
     "t2i_thinking": "You are a text-to-image generation assistant with a thinking process.",
     "edit": "You are an image editing assistant.",
+    # [open] in the reference (SGLang-Omni only); the template around it is our own choice.
+    "interleaved": "You are a interleaved generation assistant.",
 }
-MODES = ("understanding", "t2i", "edit", "raw")
+MODES = ("understanding", "t2i", "edit", "interleaved", "raw")
 
 # One user turn with images renders exactly the understanding template; `<image>` markers become image blocks.
 DEFAULT_CHAT_TEMPLATE = (
@@ -104,8 +108,8 @@ class LLaDA2UniProcessor(ProcessorMixin):
             precomputed `image_tokens` and by `split_generation`.
         codebook_size (`int`, defaults to 16384): number of VQ codes; codes must lie in [0, codebook_size).
         system_prompts (`dict`, *optional*): overrides of the system prompts, keys "understanding", "t2i",
-            "t2i_thinking", "edit" (defaults in `DEFAULT_SYSTEM_PROMPTS`; the understanding one is an open point of
-            the reference).
+            "t2i_thinking", "edit", "interleaved" (defaults in `DEFAULT_SYSTEM_PROMPTS`; the understanding and
+            interleaved ones are open points of the reference).
     """
 
     image_token = "<image>"
@@ -414,14 +418,15 @@ class LLaDA2UniProcessor(ProcessorMixin):
             image_tokens (*optional*): instead of `images`, precomputed offset-free VQ codes, nested the same way;
                 each entry a [h, w] code grid, a (h, w, codes) triple or a dict with `token_ids` and `h` / `w`
                 (`height` / `width`). The vocabulary ids `image_token_offset + code` are written directly.
-            mode (`str`, defaults to "understanding"): "understanding", "t2i", "edit" or "raw" (no template).
+            mode (`str`, defaults to "understanding"): "understanding", "t2i", "edit", "interleaved" (a response
+                mixing text and images; see `generate_interleaved`) or "raw" (no template).
             system_prompt (`str`, *optional*): replaces the mode's system prompt for this call.
             height / width (`int`, *optional*): output size in pixels for "t2i" (default 1024 x 1024, mapped by
                 `image_processor.generation_grid`, 32 px per token) or to override the edit output grid.
             grid (`tuple`, *optional*): the output grid (h, w) in tokens instead of `height` / `width`.
             thinking (`bool`, defaults to False): "t2i" thinking mode: the phase-1 prompt (no header, thinking
                 system prompt; the model writes its reasoning first) and the phase-2 unconditional prompt.
-            return_uncond (`bool`, defaults to True): "t2i" / "edit": also return `uncond_input_ids` /
+            return_uncond (`bool`, defaults to True): "t2i" / "edit" / "interleaved": also return `uncond_input_ids` /
                 `uncond_attention_mask` (prompt, or instruction, replaced by `<uncondition>`).
             image_cfg (`bool`, defaults to False): "edit": also return `uncond_image_input_ids` /
                 `uncond_image_attention_mask` (each source image block replaced by a bare `<|image|>`).
@@ -456,7 +461,7 @@ class LLaDA2UniProcessor(ProcessorMixin):
 
         # ---- text
         if text is None:
-            if mode in ("t2i", "edit", "raw"):
+            if mode in ("t2i", "edit", "interleaved", "raw"):
                 raise ValueError(f"`text` is required for mode {mode!r}.")
             text = ""
         single = isinstance(text, str)
@@ -515,7 +520,7 @@ class LLaDA2UniProcessor(ProcessorMixin):
 
         # ---- templates
         rows = {"input_ids": []}
-        uncond_wanted = mode in ("t2i", "edit") and return_uncond
+        uncond_wanted = mode in ("t2i", "edit", "interleaved") and return_uncond
         if uncond_wanted:
             self._require_uncondition()
             rows["uncond_input_ids"] = []
@@ -533,6 +538,14 @@ class LLaDA2UniProcessor(ProcessorMixin):
                 parts = [f"<role>SYSTEM</role> {sys} <role>HUMAN</role>"]
                 parts += self._message_parts(message, blocks, name) + ["<role>ASSISTANT</role>"]
                 rows["input_ids"].append(self._tokenize_parts(parts))
+                continue
+            if mode == "interleaved":
+                sys = self._system_prompt("interleaved", system_prompt)
+                prefix, suffix = f"<role>SYSTEM</role> {sys} <role>HUMAN</role>", ["<role>ASSISTANT</role>"]
+                rows["input_ids"].append(self._tokenize_parts([prefix] + self._message_parts(message, blocks, name)
+                                                              + suffix))
+                if uncond_wanted:
+                    rows["uncond_input_ids"].append(self._tokenize_parts([prefix] + blocks + [UNCONDITION] + suffix))
                 continue
             header = self.image_header_ids(*out_grids[index])
             if mode == "t2i":
