@@ -166,3 +166,26 @@ def test_seeded_sampling_is_reproducible(model):
 def test_bad_input(model, kwargs, name):
     with pytest.raises(ValueError, match=name):
         model.generate_image_tokens(torch.randint(0, 80, (1, 12)), **kwargs)
+
+
+def test_cfg_combines_known_logits(model, monkeypatch):
+    """With the forward replaced by fixed logits, the committed codes are the argmax of U + s_t (C - U) + s_i (U - N)
+    over the image codes."""
+    from types import SimpleNamespace
+
+    vocab = TEXT_VOCAB + CODEBOOK
+    g = torch.Generator().manual_seed(0)
+    known = torch.randn(3, 32, vocab, generator=g)  # rows: cond, text-dropped, image-dropped
+
+    def fixed_forward(input_ids=None, logits_to_keep=0, **kwargs):
+        return SimpleNamespace(logits=known[: input_ids.shape[0], -logits_to_keep:])
+
+    monkeypatch.setattr(model, "forward", fixed_forward)
+    cond, uncond, no_image = torch.randint(0, 80, (10,)), torch.randint(0, 80, (8,)), torch.randint(0, 80, (4,))
+    out = model.generate_image_tokens(cond, uncond_input_ids=uncond, uncond_image_input_ids=no_image, height=2,
+                                      width=2, cfg_scale=3.0, cfg_image_scale=0.5, steps=1, threshold=1.0)
+    c, u, n = known
+    guided = u + 3.0 * (c - u) + 0.5 * (u - n)
+    expected = guided[10:14, TEXT_VOCAB:].argmax(-1)  # the 4 generated positions follow the 10-token prompt
+    assert out["token_ids"][0].tolist() == expected.tolist()
+    assert out["num_forward_passes"] == 1
