@@ -198,7 +198,8 @@ def write_image_processor(processor, dst: Path):
         raise ConversionError("preprocessor_config.json does not read back to the same image processor")
 
 
-PROCESSOR_FILES = ("processor_config.json", "chat_template.jinja", "processing_llada2_uni.py")
+PROCESSOR_FILES = ("processor_config.json", "chat_template.jinja", "processing_llada2_uni.py",
+                   "prompting_llada2_uni.py")
 
 
 def write_processor(image_processor, config, dst: Path, log):

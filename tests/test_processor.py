@@ -443,7 +443,8 @@ def test_save_load_round_trip(tmp_path):
     assert config["image_processor"]["auto_map"]["AutoImageProcessor"] == (
         "image_processing_llada2_uni.LLaDA2UniImageProcessor")
     assert (config["image_token_offset"], config["codebook_size"]) == (OFFSET, CODEBOOK)
-    assert {"processing_llada2_uni.py", "image_processing_llada2_uni.py"} <= {p.name for p in tmp_path.glob("*.py")}
+    assert {"processing_llada2_uni.py", "prompting_llada2_uni.py", "image_processing_llada2_uni.py"} <= {
+        p.name for p in tmp_path.glob("*.py")}
     for loaded in (LLaDA2UniProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
         assert type(loaded) is LLaDA2UniProcessor
         assert (loaded.image_token_offset, loaded.codebook_size, loaded.system_prompts) == (
