@@ -1,0 +1,35 @@
+"""The benchmark's in-repo baseline is the original algorithm (it reproduces the recorded runs), and the benchmark
+script runs end to end and reports identical tokens."""
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from benchmarks.baseline_full_prefix import full_prefix_generate
+from conftest import PARITY_DIR, REPO_ROOT
+
+
+def test_baseline_reproduces_the_original_runs(converted):
+    from transformers_llada_uni import LLaDA2UniForConditionalGeneration
+
+    model = LLaDA2UniForConditionalGeneration.from_pretrained(converted, dtype=torch.float32).eval()
+    fixture = json.loads((PARITY_DIR / "expected" / "llm_generate.json").read_text())
+    prompt = torch.tensor([fixture["prompt_ids"]])
+    for run in fixture["runs_greedy"]:
+        ids, forwards = full_prefix_generate(
+            model, prompt, gen_length=run["gen_length"], block_length=run["block_length"], steps=run["steps"],
+            threshold=run["threshold"], mask_id=fixture["mask_id"], eos_id=fixture["eos_id"],
+        )
+        assert torch.as_tensor(ids).reshape(-1).tolist() == run["output_ids"]
+        assert forwards == run["num_forward_calls"]
+
+
+def test_bench_generate_quick_runs():
+    result = subprocess.run([sys.executable, "benchmarks/bench_generate.py", "--quick", "--threads", "1"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert "tokens_identical=True" in lines
+    assert lines[-1].startswith("speedup_vs_full_prefix=") and float(lines[-1].split("=")[1]) > 0
