@@ -67,6 +67,15 @@ def converted(tmp_path_factory):
     return output
 
 
+@torch.no_grad()
+def randomize_expert_bias(model, std=0.1):
+    """Non-zero router biases (the releases may carry them), so tests see them steer expert selection."""
+    for layer in model.model.layers:
+        if layer.is_moe:
+            layer.mlp.gate.expert_bias.normal_(0.0, std)
+    return model
+
+
 @pytest.fixture
 def parity_dir():
     if not PARITY_DIR.is_dir():

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from conftest import tiny_config_kwargs
+from conftest import randomize_expert_bias, tiny_config_kwargs
 from transformers_llada_uni import (
     BlockDiffusionCache,
     LLaDA2GenerateOutput,
@@ -34,10 +34,7 @@ def make_model(seed=1, lm_gain=7.0, **overrides):
     model = LLaDA2MoeForCausalLM(LLaDA2MoeConfig(**kwargs)).eval()
     with torch.no_grad():
         model.lm_head.weight.normal_(0.0, lm_gain / model.config.hidden_size**0.5)
-        for layer in model.model.layers:
-            if layer.is_moe:
-                layer.mlp.gate.expert_bias.normal_(0.0, 0.1)
-    return model
+    return randomize_expert_bias(model)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from conftest import tiny_config_kwargs
+from conftest import randomize_expert_bias, tiny_config_kwargs
 from transformers_llada_uni import LLaDA2MoeConfig, LLaDA2MoeForCausalLM
 from transformers_llada_uni.modeling_llada2_moe import LLaDA2MoeExperts, LLaDA2MoeSparseMoeBlock
 
@@ -16,11 +16,7 @@ def make_model(seed=0, init=0.1, **overrides):
     """A tiny random model with a non-zero expert_bias and weights large enough that routing and attention matter."""
     torch.manual_seed(seed)
     model = LLaDA2MoeForCausalLM(LLaDA2MoeConfig(**tiny_config_kwargs(initializer_range=init, **overrides))).eval()
-    with torch.no_grad():
-        for layer in model.model.layers:
-            if layer.is_moe:
-                layer.mlp.gate.expert_bias.normal_(0.0, 0.1)
-    return model
+    return randomize_expert_bias(model)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import math
 import pytest
 import torch
 
-from conftest import PARITY_DIR, run_without_plugin, tiny_config_kwargs
+from conftest import PARITY_DIR, randomize_expert_bias, run_without_plugin, tiny_config_kwargs
 
 FEATURES_ATOL = 1e-5
 
@@ -253,9 +253,7 @@ def tiny_uni():
     with torch.no_grad():  # confident, varied predictions (as in the fixtures' lm_head gain), EOI a real contender
         model.lm_head.weight.mul_(4.0)
         model.lm_head.weight[OFFSET:].mul_(1.3)
-        for layer in model.model.layers:
-            if layer.is_moe:
-                layer.mlp.gate.expert_bias.normal_(0.0, 0.1)
+    randomize_expert_bias(model)
     yield model
     torch.set_num_threads(threads)
 
