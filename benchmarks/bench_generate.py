@@ -26,8 +26,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-# name: (hidden, layers, dense intermediate, experts, top-k, n_group, topk_group, moe intermediate, heads, kv heads,
-#        vocab, std of the logits of a unit-RMS hidden state)
+# Model shapes. head_dim is 64, the first layer is dense, one shared expert. init_std is the N(0, std) of every weight
+# (the config's initializer_range); logit_std is the std of the logits of a unit-RMS hidden state (the LM head scale).
 MODEL_PRESETS = {
     "default": dict(hidden=512, layers=6, intermediate=1024, experts=64, top_k=8, n_group=8, topk_group=4,
                     moe_intermediate=128, heads=8, kv_heads=2, vocab=4096, init_std=0.08, logit_std=13.0),
@@ -167,8 +167,9 @@ def build_model(args, torch):
     torch.manual_seed(args.seed)
     model = LLaDA2MoeForCausalLM(config).eval()
     with torch.no_grad():
-        # A sharper head than the N(0, 0.02) init, so that some predictions clear the threshold (multi-token steps)
-        # and others do not: the runs then mix threshold and quota decisions, as a trained model does.
+        # A sharp head (logit std `logit_std` instead of ~init_std * sqrt(hidden)), so that some predictions clear the
+        # threshold (multi-token steps) and others do not: the runs mix threshold and quota decisions as a trained
+        # model's do (about 3 tokens per forward with the default preset).
         model.lm_head.weight.normal_(0.0, s["logit_std"] / s["hidden"] ** 0.5)
         # Never predict EOS or the mask: every run decodes exactly gen_length tokens (fixed work to compare).
         model.lm_head.weight[[config.eos_token_id, config.mask_token_id]] = 0.0
