@@ -217,6 +217,8 @@ def test_text_to_image_restricted_to_image_codes(report):
 def test_attn_implementation_reaches_the_sub_models(converted):
     from transformers import AutoModel
 
+    import transformers_llada_uni  # noqa: F401  (registers the Auto classes; this test loads in-process)
+
     model = AutoModel.from_pretrained(converted, dtype=torch.float32, attn_implementation="eager")
     assert model.config._attn_implementation == "eager"
     assert model.model.config._attn_implementation == "eager"
@@ -320,6 +322,17 @@ def _prompts(length, uncond_length, h, w, seed):
 CASES = [(32, 25, 5, 7), (31, 25, 4, 4), (45, 30, 3, 5), (27, 21, 1, 9), (64, 40, 6, 2)]
 
 
+def _assert_matches_port(model, cond, uncond, h, w, cfg_scale, steps, threshold, expected, calls):
+    """Unrestricted generate_image_tokens, cached and uncached, gives the port's ids and forward count."""
+    for use_block_cache in (True, False):
+        out = model.generate_image_tokens(
+            torch.tensor(cond), uncond_input_ids=torch.tensor(uncond), height=h, width=w, cfg_scale=cfg_scale,
+            steps=steps, threshold=threshold, restrict_to_image_vocab=False, use_block_cache=use_block_cache)
+        ids = out["token_ids"][0].tolist()
+        assert _port_ids_match(ids, expected, h * w), (use_block_cache, ids, expected)
+        assert out["num_forward_passes"] == calls, (use_block_cache, out["num_forward_passes"], calls)
+
+
 @pytest.mark.parametrize("cfg_scale", [2.0, 1.0])
 @pytest.mark.parametrize("case", CASES, ids=[f"P{c[0]}_U{c[1]}_{c[2]}x{c[3]}" for c in CASES])
 def test_text_to_image_matches_the_port_loop_on_other_shapes(tiny_uni, case, cfg_scale):
@@ -327,13 +340,7 @@ def test_text_to_image_matches_the_port_loop_on_other_shapes(tiny_uni, case, cfg
     cond, uncond = _prompts(cond_length, uncond_length, h, w, seed=sum(case))
     steps, threshold = min(8, h * w), 0.95
     expected, calls = port_reference(tiny_uni, cond, uncond, h, w, cfg_scale, steps, threshold)
-    for use_block_cache in (True, False):
-        out = tiny_uni.generate_image_tokens(
-            torch.tensor(cond), uncond_input_ids=torch.tensor(uncond), height=h, width=w, cfg_scale=cfg_scale,
-            steps=steps, threshold=threshold, restrict_to_image_vocab=False, use_block_cache=use_block_cache)
-        ids = out["token_ids"][0].tolist()
-        assert _port_ids_match(ids, expected, h * w), (use_block_cache, ids, expected)
-        assert out["num_forward_passes"] == calls, (use_block_cache, out["num_forward_passes"], calls)
+    _assert_matches_port(tiny_uni, cond, uncond, h, w, cfg_scale, steps, threshold, expected, calls)
     restricted = tiny_uni.generate_image_tokens(torch.tensor(cond), uncond_input_ids=torch.tensor(uncond), height=h,
                                                 width=w, cfg_scale=cfg_scale, steps=steps, threshold=threshold)
     assert restricted["token_ids"].shape == (1, h * w)
@@ -357,13 +364,7 @@ def test_text_to_image_early_end_of_image_matches_the_port(tiny_uni, eoi_gain, c
             tiny_uni.lm_head.weight[EOI] *= eoi_gain
         expected, calls = port_reference(tiny_uni, cond, uncond, h, w, cfg_scale, steps, threshold)
         assert len(expected) < h * w  # the case does stop early
-        for use_block_cache in (True, False):
-            out = tiny_uni.generate_image_tokens(
-                torch.tensor(cond), uncond_input_ids=torch.tensor(uncond), height=h, width=w, cfg_scale=cfg_scale,
-                steps=steps, threshold=threshold, restrict_to_image_vocab=False, use_block_cache=use_block_cache)
-            ids = out["token_ids"][0].tolist()
-            assert _port_ids_match(ids, expected, h * w), (use_block_cache, ids, expected)
-            assert out["num_forward_passes"] == calls, (use_block_cache, out["num_forward_passes"], calls)
+        _assert_matches_port(tiny_uni, cond, uncond, h, w, cfg_scale, steps, threshold, expected, calls)
     finally:
         with torch.no_grad():
             tiny_uni.lm_head.weight[EOI] = original
