@@ -147,7 +147,7 @@ class LLaDA2UniGenerationMixin(LLaDA2UniInterleavedMixin):
             codes = codes - offset
         return (h, w, codes)
 
-    def _image_inputs(self, processor, image, image_tokens, h, w, name):
+    def _image_inputs(self, image, image_tokens, h, w, name):
         if (image is None) == (image_tokens is None):
             raise ValueError(f"give exactly one of `image` (pixels) and `{name}` (token ids).")
         if image is not None:
@@ -206,7 +206,7 @@ class LLaDA2UniGenerationMixin(LLaDA2UniInterleavedMixin):
         answer text (special tokens removed)."""
         processor = self._task_processor(processor)
         batch = processor(text=question, mode="understanding",
-                          **self._image_inputs(processor, image, image_tokens, h, w, "image_tokens"))
+                          **self._image_inputs(image, image_tokens, h, w, "image_tokens"))
         (input_ids,) = self._fill_images(batch, "input_ids")
         out = self.generate(input_ids, gen_length=gen_length, steps=steps, block_length=block_length,
                             threshold=threshold, temperature=temperature, use_block_cache=use_block_cache,
@@ -222,7 +222,7 @@ class LLaDA2UniGenerationMixin(LLaDA2UniInterleavedMixin):
         if not isinstance(instruction, str) or not instruction:
             raise ValueError("`instruction` must be a non-empty string.")
         batch = processor(text=instruction, mode="edit", image_cfg=cfg_image_scale != 0.0,
-                          **self._image_inputs(processor, image, image_tokens, h, w, "image_tokens"))
+                          **self._image_inputs(image, image_tokens, h, w, "image_tokens"))
         keys = ["input_ids", "uncond_input_ids"] + (["uncond_image_input_ids"] if cfg_image_scale != 0.0 else [])
         rows = self._fill_images(batch, *keys)
         # The prompt ends with the output header; its size tokens give the grid the processor chose.

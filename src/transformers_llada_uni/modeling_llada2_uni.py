@@ -98,13 +98,12 @@ class LLaDA2UniForConditionalGeneration(LLaDA2MoeForCausalLM, LLaDA2UniGeneratio
         if soi is None or boi is None:
             raise ValueError("the config lacks `image_start_token_id` / `boi_token_id`; image inputs are unavailable.")
         is_soi = input_ids == soi
-        mask = torch.zeros_like(is_soi)
-        previous_open = input_ids[:, :1] == -1  # all False
-        for index in range(input_ids.shape[1]):
-            current = is_soi[:, index] & previous_open.squeeze(1)
-            mask[:, index] = current
-            previous_open = ((input_ids[:, index] == boi) | current).unsqueeze(1)
-        return mask
+        # For each position, the index of the last token before it that is not `<|image|>` (-1 if none): a position
+        # is a placeholder when it is `<|image|>` and that token is `<boi>`.
+        index = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        last_other = torch.where(is_soi, -1, index).cummax(dim=1).values
+        previous = input_ids.gather(1, last_other.clamp(min=0))
+        return is_soi & (last_other >= 0) & (previous == boi)
 
     def insert_image_tokens(self, input_ids, pixel_values=None, image_grid_thw=None, image_tokens=None):
         """Replace the image placeholders of `input_ids` by vocabulary ids of the images' VQ codes.
