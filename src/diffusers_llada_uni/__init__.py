@@ -1,1 +1,12 @@
-"""LLaDA2.0-Uni pixel side for diffusers (decoder pipelines); built on `transformers_llada_uni`."""
+"""LLaDA2.0-Uni pixel side for diffusers: the SigVQ embedder, the decoder sampler and the pipelines.
+
+Built on `transformers_llada_uni` (imported, never the reverse)."""
+
+from .scheduling_llada2_uni import LLaDA2UniFlowMatchEulerScheduler, LLaDA2UniSchedulerOutput
+from .semantic_embedder import LLaDA2UniSemanticEmbedder
+
+__all__ = [
+    "LLaDA2UniFlowMatchEulerScheduler",
+    "LLaDA2UniSchedulerOutput",
+    "LLaDA2UniSemanticEmbedder",
+]
