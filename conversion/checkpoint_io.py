@@ -10,7 +10,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 
 
 class ConversionError(Exception):
@@ -66,18 +65,24 @@ def nbytes(shape, dtype: torch.dtype) -> int:
     return count * torch.empty((), dtype=dtype).element_size()
 
 
+def index_name(weights_name: str) -> str:
+    """`model.safetensors` -> `model.safetensors.index.json` (the transformers and diffusers convention)."""
+    return weights_name + ".index.json"
+
+
 class SourceCheckpoint:
     """The safetensors weights of one folder, read lazily: headers at open time, a tensor only when asked for.
 
-    Accepts a sharded checkpoint (`model.safetensors.index.json` + shards) or a single `model.safetensors`. The index
-    and the shards must agree: every listed key must be in its shard and every shard key must be listed. With
-    `file_name`, exactly that one safetensors file of the folder is read (no index).
+    Accepts a sharded checkpoint (`model.safetensors.index.json` + shards) or a single `model.safetensors`; with
+    `weights_name` (e.g. `diffusion_pytorch_model.safetensors`) that name and its index instead. The index and the
+    shards must agree: every listed key must be in its shard and every shard key must be listed. With `file_name`,
+    exactly that one safetensors file of the folder is read (no index).
     """
 
-    def __init__(self, folder: Path, file_name: str = None):
+    def __init__(self, folder: Path, file_name: str = None, weights_name: str = SAFE_WEIGHTS_NAME):
         self.folder = Path(folder)
-        index_file = self.folder / SAFE_WEIGHTS_INDEX_NAME
-        single_file = self.folder / (file_name or SAFE_WEIGHTS_NAME)
+        index_file = self.folder / index_name(weights_name)
+        single_file = self.folder / (file_name or weights_name)
         if file_name is not None:
             if not single_file.is_file():
                 raise ConversionError(f"{single_file} does not exist")
@@ -92,7 +97,7 @@ class SourceCheckpoint:
         else:
             others = sorted(p.name for pattern in ("*.bin", "*.pt") for p in self.folder.glob(pattern))
             hint = f" (found {', '.join(others[:3])}: only safetensors checkpoints are supported)" if others else ""
-            raise ConversionError(f"no {SAFE_WEIGHTS_INDEX_NAME} or {SAFE_WEIGHTS_NAME} in {self.folder}{hint}")
+            raise ConversionError(f"no {index_file.name} or {weights_name} in {self.folder}{hint}")
         files = sorted(set(weight_map.values())) if weight_map is not None else [single_file.name]
         self._stack = ExitStack()
         self._handles = {}
@@ -122,7 +127,7 @@ class SourceCheckpoint:
                 unlisted = sorted(k for k in self.key_file if k not in weight_map)
                 if listed_missing or unlisted:
                     raise ConversionError(
-                        f"{SAFE_WEIGHTS_INDEX_NAME} and the shards of {self.folder} disagree: "
+                        f"{index_file.name} and the shards of {self.folder} disagree: "
                         + "; ".join(filter(None, [
                             f"listed but not in their shard: {_short_list(listed_missing)}" if listed_missing else "",
                             f"in a shard but not listed: {_short_list(unlisted)}" if unlisted else "",
@@ -167,18 +172,20 @@ def plan_shards(sizes, max_bytes: int):
     return shards
 
 
-def shard_file_names(count: int):
+def shard_file_names(count: int, weights_name: str = SAFE_WEIGHTS_NAME):
+    """`[model.safetensors]`, or `model-00001-of-0000n.safetensors`, ... (any `weights_name`, as save_pretrained)."""
     if count == 1:
-        return [SAFE_WEIGHTS_NAME]
-    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        return [weights_name]
+    stem = weights_name.removesuffix(".safetensors")
+    return [f"{stem}-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
 
 
-def write_shards(folder: Path, shards, build, total_size: int):
+def write_shards(folder: Path, shards, build, total_size: int, weights_name: str = SAFE_WEIGHTS_NAME):
     """Write every shard (a list of names; `build(name)` returns the tensor) and, when there are several, the index.
 
     Only one shard's tensors are alive at a time. Returns the written file names.
     """
-    names = shard_file_names(len(shards))
+    names = shard_file_names(len(shards), weights_name)
     weight_map = {}
     for file_name, keys in zip(names, shards):
         tensors = {key: build(key) for key in keys}
@@ -187,17 +194,17 @@ def write_shards(folder: Path, shards, build, total_size: int):
         weight_map.update({key: file_name for key in keys})
     if len(names) > 1:
         index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
-        (Path(folder) / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        (Path(folder) / index_name(weights_name)).write_text(json.dumps(index, indent=2) + "\n")
     return names
 
 
-def check_written(folder: Path, expected, max_bytes: int):
+def check_written(folder: Path, expected, max_bytes: int, weights_name: str = SAFE_WEIGHTS_NAME):
     """Re-read the headers of the weights in `folder` and compare them with `expected` {name: (shape, dtype)}.
 
     Checks the index against the shards, the key set, every shape and dtype and the shard size bound.
     Raises `ConversionError` listing the offenders.
     """
-    with SourceCheckpoint(folder) as written:
+    with SourceCheckpoint(folder, weights_name=weights_name) as written:
         problems = []
         missing = sorted(set(expected) - set(written.info))
         extra = sorted(set(written.info) - set(expected))
@@ -217,7 +224,7 @@ def check_written(folder: Path, expected, max_bytes: int):
         for file_name, (count, size) in sorted(per_file.items()):
             if count > 1 and size > max_bytes:
                 problems.append(f"{file_name} holds {size} bytes of tensors, more than the {max_bytes} allowed")
-        index_file = Path(folder) / SAFE_WEIGHTS_INDEX_NAME
+        index_file = Path(folder) / index_name(weights_name)
         if index_file.is_file():
             total = json.loads(index_file.read_text()).get("metadata", {}).get("total_size")
             actual = sum(size for _, size in per_file.values())

@@ -5,8 +5,10 @@
 A LLaDA2.0-Uni root (it has `image_tokenizer/`) becomes one `LLaDA2UniForConditionalGeneration` folder (LLM + image
 tokenizer + image processor); a text-only LLaDA2 folder (or `--components llm`) becomes a `LLaDA2MoeForCausalLM`
 folder. Either loads with `AutoModel.from_pretrained(out, trust_remote_code=True)` without this package, or with the
-package's classes. Everything is written to a temporary folder next to the output, checked, and only then moved into
-place: a failed run leaves nothing behind. See docs/conversion.md.
+package's classes. The pixel side of a Uni root (SigVQ embedding, decoders, VAE) becomes diffusers subfolders beside
+it (`semantic_embedder/`, `decoder/`, `decoder_turbo/`, `vae/`, `scheduler*/`) listed in `model_index.json`.
+Everything is written to a temporary folder next to the output, checked, and only then moved into place: a failed
+run leaves nothing behind. See docs/conversion.md.
 """
 
 import argparse
@@ -15,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `conversion.*` importable from the repository root
@@ -23,6 +26,13 @@ if __package__ in (None, ""):  # run as a script: make `conversion.*` importable
 import torch  # noqa: E402
 
 from conversion.checkpoint_io import ConversionError, parse_size  # noqa: E402
+from conversion.decoder_checkpoint import (  # noqa: E402
+    PIXEL_COMPONENTS,
+    plan_pixel,
+    verify_pixel,
+    write_index,
+    write_pixel,
+)
 from conversion.llm_checkpoint import convert_llm, verify_llm  # noqa: E402
 from conversion.uni_checkpoint import IMAGE_TOKENIZER_DIR, convert_uni, verify_uni  # noqa: E402
 
@@ -30,10 +40,10 @@ DTYPES = {"keep": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp3
           "float32": torch.float32}
 
 # What `--components` can select: name -> the path (relative to --original) it needs. The LLM is always required;
-# adding the image tokenizer turns the output into the composite LLaDA2UniForConditionalGeneration.
-COMPONENTS = {"llm": "config.json", "image_tokenizer": IMAGE_TOKENIZER_DIR}
-# Parts of a LLaDA2.0-Uni snapshot that no converter handles yet (the pixel side: SigVQ, decoders, VAE).
-NOT_CONVERTED = (f"{IMAGE_TOKENIZER_DIR}/sigvq_embedding.pt", "decoder", "decoder-turbo", "vae")
+# adding the image tokenizer turns the output into the composite LLaDA2UniForConditionalGeneration; the others are
+# the pixel side, written as diffusers subfolders.
+COMPONENTS = {"llm": "config.json", "image_tokenizer": IMAGE_TOKENIZER_DIR,
+              **{name: path for name, (path, _) in PIXEL_COMPONENTS.items()}}
 
 
 def _resolve_components(original: Path, components):
@@ -42,7 +52,9 @@ def _resolve_components(original: Path, components):
     if "llm" not in available:
         raise ConversionError(f"no {COMPONENTS['llm']} in {original}")
     if components is None:
-        return available
+        # Without the image tokenizer the root is the text-only LLM, which makes no image tokens for a decoder: the
+        # pixel side is then converted only on request.
+        return [name for name in available if name not in PIXEL_COMPONENTS or "image_tokenizer" in available]
     if isinstance(components, str):
         components = [part.strip() for part in components.split(",") if part.strip()]
     selected = list(dict.fromkeys(components))
@@ -51,8 +63,8 @@ def _resolve_components(original: Path, components):
         raise ConversionError(f"--components must be a comma-separated subset of {', '.join(COMPONENTS)}; "
                               f"got {', '.join(unknown) or 'nothing'}")
     if "llm" not in selected:
-        raise ConversionError("--components must include llm: the image tokenizer is converted as part of the "
-                              "composite model, never on its own")
+        raise ConversionError("--components must include llm: the root model is always written (the image "
+                              "tokenizer joins it as the composite model)")
     absent = [name for name in selected if name not in available]
     if absent:
         raise ConversionError(f"--components {', '.join(absent)}: {original} has no "
@@ -61,15 +73,20 @@ def _resolve_components(original: Path, components):
 
 
 def _convert_components(original: Path, staging: Path, options: dict, log):
-    if "image_tokenizer" in options["components"]:
-        files = convert_uni(original, staging, dtype=options["dtype"], max_bytes=options["max_bytes"], log=log)
-        if options["verify"]:
-            verify_uni(staging, log)
-    else:
-        files = convert_llm(original, staging, dtype=options["dtype"], max_bytes=options["max_bytes"], log=log)
-        if options["verify"]:
-            verify_llm(staging, log)
-    return files
+    components, dtype, max_bytes = options["components"], options["dtype"], options["max_bytes"]
+    composite = "image_tokenizer" in components
+    with ExitStack() as sources:
+        # The pixel parts are planned before the root is written, so that a bad one stops the run early.
+        pixel_parts = plan_pixel(original, components, dtype, log, sources)
+        if composite:
+            convert_uni(original, staging, dtype=dtype, max_bytes=max_bytes, log=log)
+        else:
+            convert_llm(original, staging, dtype=dtype, max_bytes=max_bytes, log=log)
+        written = write_pixel(pixel_parts, staging, max_bytes, log)
+    write_index(staging, composite, written, log)
+    if options["verify"]:
+        (verify_uni if composite else verify_llm)(staging, log)
+        verify_pixel(staging, pixel_parts, log)
 
 
 def _resolve_dtype(dtype):
@@ -128,17 +145,20 @@ def convert(original, output, *, dtype="keep", max_shard_size="5GB", overwrite=F
 
     Args:
         original: a LLaDA2 snapshot (config.json, safetensors weights, tokenizer files) or a LLaDA2.0-Uni root (its
-            LLM and image tokenizer are converted into one composite model; the decoders and VAE are not converted
-            yet).
+            LLM and image tokenizer are converted into one composite model; its SigVQ embedding, decoders and VAE
+            into diffusers subfolders beside it).
         output: the folder to create. It must not exist unless `overwrite=True`.
-        dtype: "bf16", "fp32" or "keep" (as stored) for the floating weights; `expert_bias` always stays float32.
+        dtype: "bf16", "fp32" or "keep" (as stored) for the floating weights of every part; `expert_bias` always
+            stays float32.
         max_shard_size: the largest safetensors shard, e.g. "5GB", "200MB" (a single bigger tensor gets its own).
         overwrite: replace an existing `output` (only after the new folder is complete and verified).
         verify: also load the result with `from_pretrained` and run a short forward pass (and, for the composite,
-            tokenize one image patch).
+            tokenize one image patch; for each pixel part, one tiny forward).
         quiet: print nothing.
-        components: a list (or comma-separated string) out of `COMPONENTS` ("llm", "image_tokenizer"); default:
-            every one the source has. `["llm"]` on a Uni root writes the text-only `LLaDA2MoeForCausalLM`.
+        components: a list (or comma-separated string) out of `COMPONENTS` ("llm", "image_tokenizer",
+            "semantic_embedder", "decoder", "decoder_turbo", "vae"); default: every one the source has (the pixel
+            parts only along with the image tokenizer). `["llm"]` on a Uni root writes the text-only
+            `LLaDA2MoeForCausalLM`; `["llm", "image_tokenizer"]` the composite alone, with no model_index.json.
 
     Raises `ConversionError` with a one-line reason; then neither `output` nor a temporary folder is left behind.
     """
@@ -155,11 +175,11 @@ def convert(original, output, *, dtype="keep", max_shard_size="5GB", overwrite=F
     try:
         skipped = [path for name, path in COMPONENTS.items()
                    if name not in options["components"] and (original / path).exists()]
-        skipped += [path for path in NOT_CONVERTED
-                    if (original / path).exists() and not any(path.startswith(s + "/") for s in skipped)]
+        skipped = [path for path in skipped if not any(path.startswith(s + "/") for s in skipped)]
         if skipped:
             log(f"note: {original} is a LLaDA2.0-Uni folder; not converted (yet): "
-                f"{', '.join(name + '/' if (original / name).is_dir() else name for name in skipped)}")
+                f"{', '.join(name + '/' if (original / name).is_dir() else name for name in skipped)} "
+                "(not selected; see --components)")
         log(f"converting {original} -> {output} ({' + '.join(options['components'])})")
         _convert_components(original, staging, options, log)
         _fix_permissions(staging)
@@ -178,7 +198,8 @@ def convert(original, output, *, dtype="keep", max_shard_size="5GB", overwrite=F
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        description="Convert an original LLaDA2 / LLaDA2.0-Uni checkpoint to this project's transformers layout.",
+        description="Convert an original LLaDA2 / LLaDA2.0-Uni checkpoint to this project's transformers / diffusers "
+                    "layout.",
     )
     parser.add_argument("--original", required=True, help="folder of the original snapshot (config.json + weights)")
     parser.add_argument("--output", required=True, help="folder to create")
@@ -187,10 +208,11 @@ def main(argv=None) -> int:
     parser.add_argument("--max-shard-size", default="5GB", help="largest weight shard, e.g. 5GB, 200MB (default 5GB)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     parser.add_argument("--verify", action="store_true",
-                        help="also load the result and run a short forward pass before moving it into place")
+                        help="also load every written part and run a short forward pass before moving it into place")
     parser.add_argument("--components", default=None,
                         help=f"comma-separated subset of {','.join(COMPONENTS)} to convert (default: all the source "
-                             "has; llm alone gives the text-only model)")
+                             "has; llm alone gives the text-only model; llm,image_tokenizer the composite without "
+                             "the pixel side)")
     parser.add_argument("--quiet", action="store_true", help="print errors only")
     args = parser.parse_args(argv)
     try:

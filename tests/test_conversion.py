@@ -246,8 +246,9 @@ def test_config_generation_config_and_code(converted, source):
         assert {k: config[name][k] for k in image_config[name]} == image_config[name]
     _check_generation_config(converted, source)
     assert UNI_REMOTE_FILES <= {p.name for p in converted.glob("*.py")}
-    # Only the LLM and the image tokenizer are converted; the pixel side is not copied.
-    for name in ("image_tokenizer", "decoder", "decoder-turbo", "vae", "sigvq_embedding.pt"):
+    # The image tokenizer merges into the root model; the pixel parts get their own Hub-style folders
+    # (tests/test_conversion_decoder.py), never the original names.
+    for name in ("image_tokenizer", "decoder-turbo", "sigvq_embedding.pt"):
         assert not (converted / name).exists(), name
 
 
@@ -289,8 +290,8 @@ def test_components_llm_on_a_uni_root_gives_the_plain_llm(source, text_only_conv
 def test_components_errors(source, text_only_source, tmp_path):
     with pytest.raises(ConversionError, match="must include llm"):
         convert(source, tmp_path / "out", components=["image_tokenizer"], quiet=True)
-    with pytest.raises(ConversionError, match="subset of llm, image_tokenizer"):
-        convert(source, tmp_path / "out", components="llm,decoder", quiet=True)
+    with pytest.raises(ConversionError, match="subset of llm, image_tokenizer, semantic_embedder, decoder"):
+        convert(source, tmp_path / "out", components="llm,mystery", quiet=True)
     with pytest.raises(ConversionError, match="has no image_tokenizer"):
         convert(text_only_source, tmp_path / "out", components="llm,image_tokenizer", quiet=True)
     assert _listing(tmp_path) == []
