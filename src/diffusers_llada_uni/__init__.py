@@ -2,6 +2,7 @@
 
 Built on `transformers_llada_uni` (imported, never the reverse)."""
 
+from .pipeline_llada2_uni import LLaDA2UniPipeline, LLaDA2UniPipelineOutput
 from .pipeline_llada2_uni_decoder import LLaDA2UniDecoderPipeline
 from .scheduling_llada2_uni import LLaDA2UniFlowMatchEulerScheduler, LLaDA2UniSchedulerOutput
 from .semantic_embedder import LLaDA2UniSemanticEmbedder
@@ -9,6 +10,8 @@ from .semantic_embedder import LLaDA2UniSemanticEmbedder
 __all__ = [
     "LLaDA2UniDecoderPipeline",
     "LLaDA2UniFlowMatchEulerScheduler",
+    "LLaDA2UniPipeline",
+    "LLaDA2UniPipelineOutput",
     "LLaDA2UniSchedulerOutput",
     "LLaDA2UniSemanticEmbedder",
 ]
