@@ -33,3 +33,13 @@ def test_bench_generate_quick_runs():
     lines = result.stdout.strip().splitlines()
     assert "tokens_identical=True" in lines
     assert lines[-1].startswith("speedup_vs_full_prefix=") and float(lines[-1].split("=")[1]) > 0
+
+
+def test_bench_decoder_quick_runs():
+    result = subprocess.run([sys.executable, "benchmarks/bench_decoder.py", "--quick", "--threads", "1",
+                             "--normal-steps", "5", "--turbo-steps", "2"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["normal_calls"] == 5 and summary["turbo_calls"] == 2
+    assert summary["turbo_speedup"] > 1 and summary["pipeline_overhead"] > -0.5

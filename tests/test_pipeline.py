@@ -110,7 +110,16 @@ def test_edit_follows_the_model_and_decodes_at_the_source_grid(pipe, picture):
     assert out.images[0].size == (16 * expected["w"], 16 * expected["h"])
 
 
-def test_save_and_reload_round_trip(pipe, tmp_path):
+def _three_tasks(pipe, picture):
+    """Text-to-image, understanding and editing with fixed generators (the edit decoded small: rm 1, 1 step)."""
+    image = _t2i(pipe, output_type="pt").images
+    answer = pipe(image=picture, question="What is shown?", max_new_tokens=8, generator=_seeded(1), **LLM).text
+    edited = pipe(image=picture, instruction="make it blue", resolution_multiplier=1, num_inference_steps=1,
+                  output_type="pt", generator=_seeded(2), **LLM).images
+    return image, answer, edited
+
+
+def test_save_and_reload_round_trip(pipe, picture, tmp_path):
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
     assert index["_class_name"] == "LLaDA2UniPipeline"
@@ -122,8 +131,11 @@ def test_save_and_reload_round_trip(pipe, tmp_path):
                                                        "semantic_embedder", "vae"]
     reloaded = LLaDA2UniPipeline.from_pretrained(tmp_path)
     reloaded.set_progress_bar_config(disable=True)
-    first = _t2i(pipe, output_type="pt").images
-    torch.testing.assert_close(_t2i(reloaded, output_type="pt").images, first, atol=0, rtol=0)
+    first, again, other = _three_tasks(pipe, picture), _three_tasks(pipe, picture), _three_tasks(reloaded, picture)
+    for run in (again, other):
+        torch.testing.assert_close(run[0], first[0], atol=0, rtol=0)
+        assert run[1] == first[1]
+        torch.testing.assert_close(run[2], first[2], atol=0, rtol=0)
 
 
 def test_stage_loading_holds_one_model_at_a_time(converted, pipe, monkeypatch):
