@@ -15,6 +15,7 @@ from conversion.checkpoint_io import (
     plan_shards,
     write_shards,
 )
+from conversion.llm_fp8 import prepare_llm_fp8
 from conversion.llm_weights import build_tensor, dominant_dtype, expected_llm_tensors, plan_llm_weights
 
 # Tokenizer files copied when present (tokenizer_config.json is rewritten, see `_write_tokenizer_config`).
@@ -207,7 +208,8 @@ def convert_llm(src: Path, dst: Path, *, dtype, max_bytes: int, log):
     `dtype` is a floating `torch.dtype` to cast to, or `None` to keep the stored dtypes.
     """
     config = build_config(src, log)
-    with SourceCheckpoint(src) as source:
+    with SourceCheckpoint(src) as raw_source:
+        source = prepare_llm_fp8(config, raw_source, dtype, log)  # sets config.experts_fp8 for kept FP8 experts
         targets = plan_llm(source, expected_llm_tensors(config), dtype, log)
         config.dtype = dominant_dtype(targets)
         files, written = write_weights(dst, plan_weights([(targets, source)]), max_bytes, log)

@@ -6,7 +6,8 @@ Every key keeps its name except the routed experts of each MoE layer:
     model.layers.N.mlp.experts.E.up_proj.weight   [I, H] ┴> model.layers.N.mlp.experts.gate_up_proj [E, 2I, H]
     model.layers.N.mlp.experts.E.down_proj.weight [H, I] --> model.layers.N.mlp.experts.down_proj    [E, H, I]
 
-(row block e of `gate_up_proj` is expert e's gate rows followed by its up rows). `rotary_emb.inv_freq` (a derived
+(row block e of `gate_up_proj` is expert e's gate rows followed by its up rows). Kept FP8 experts (`llm_fp8.py`) fuse
+their per-expert `weight_scale_inv` / `weight_scale` grids the same way into `gate_up_proj_scale_inv` / `down_proj_scale_inv`. `rotary_emb.inv_freq` (a derived
 buffer some exports carry) is dropped. `mlp.gate.expert_bias` is always stored in float32 and may be absent.
 """
 
@@ -16,15 +17,19 @@ from dataclasses import dataclass
 import torch
 
 from conversion.checkpoint_io import ConversionError, _short_list, dtype_name, nbytes
+from conversion.fp8 import FP8_DTYPES
 
 EXPERT_KEY = re.compile(
-    r"^(?P<prefix>(?:.+\.)?layers\.\d+\.mlp\.experts)\.(?P<expert>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$"
+    r"^(?P<prefix>(?:.+\.)?layers\.\d+\.mlp\.experts)\.(?P<expert>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)"
+    r"\.(?P<suffix>weight|weight_scale_inv|weight_scale)$"
 )
+# Fused tensor names per kind of per-expert source (FP8 checkpoints kept as FP8 carry block scales next to weights).
+FUSED_NAMES = {"weight": ("gate_up_proj", "down_proj"), "scale": ("gate_up_proj_scale_inv", "down_proj_scale_inv")}
 # Derived buffers that some exports save; the model recomputes them.
 DROPPED_KEY = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 # Tensors kept in float32 whatever the requested dtype (the router's selection bias), and allowed to be absent.
-FP32_KEY = re.compile(r"(^|\.)mlp\.gate\.expert_bias$")
-OPTIONAL_KEY = FP32_KEY
+FP32_KEY = re.compile(r"(^|\.)mlp\.gate\.expert_bias$|(^|\.)experts\.(gate_up|down)_proj_scale_inv$")
+OPTIONAL_KEY = re.compile(r"(^|\.)mlp\.gate\.expert_bias$")
 
 
 @dataclass
@@ -76,7 +81,8 @@ def plan_llm_weights(source_info: dict, expected: dict, requested_dtype):
     for key in source_info:
         match = EXPERT_KEY.match(key)
         if match:
-            groups.setdefault(match["prefix"], {})[(int(match["expert"]), match["proj"])] = key
+            kind = "weight" if match["suffix"] == "weight" else "scale"
+            groups.setdefault((match["prefix"], kind), {})[(int(match["expert"]), match["proj"])] = key
         elif DROPPED_KEY.search(key):
             dropped.append(key)
         else:
@@ -98,46 +104,48 @@ def plan_llm_weights(source_info: dict, expected: dict, requested_dtype):
         if check_shape(key, shape, expected[key]):
             built[key] = TargetTensor(key, tuple(shape), output_dtype(key, dtype, requested_dtype), "copy", (key,))
 
-    for prefix, members in groups.items():
-        gate_up_name, down_name = f"{prefix}.gate_up_proj", f"{prefix}.down_proj"
+    for (prefix, kind), members in groups.items():
+        gate_up_name, down_name = (f"{prefix}.{name}" for name in FUSED_NAMES[kind])
         if gate_up_name not in expected or down_name not in expected:
             unknown.extend(sorted(members.values()))
             continue
-        num_experts, two_inter, hidden = expected[gate_up_name]
-        inter = two_inter // 2
+        num_experts, two_rows, cols = expected[gate_up_name]
         unknown.extend(key for (expert, _), key in sorted(members.items()) if expert >= num_experts)
-        absent = [f"{prefix}.{e}.{proj}.weight" for e in range(num_experts)
+        suffix = next(iter(members.values())).rsplit(".", 1)[1]
+        absent = [f"{prefix}.{e}.{proj}.{suffix}" for e in range(num_experts)
                   for proj in ("gate_proj", "up_proj", "down_proj") if (e, proj) not in members]
         missing.extend(absent)
         if absent:
             continue
-        want = {"gate_proj": (inter, hidden), "up_proj": (inter, hidden), "down_proj": (hidden, inter)}
+        want = {"gate_proj": (two_rows // 2, cols), "up_proj": (two_rows // 2, cols),
+                "down_proj": tuple(expected[down_name][1:])}
         shapes_ok = all(check_shape(members[(e, p)], source_info[members[(e, p)]][0], want[p])
                         for e in range(num_experts) for p in want)
         if not shapes_ok:
             continue
         gate_up_sources = tuple(members[(e, p)] for e in range(num_experts) for p in ("gate_proj", "up_proj"))
         down_sources = tuple(members[(e, "down_proj")] for e in range(num_experts))
-        for name, kind, sources in ((gate_up_name, "gate_up", gate_up_sources), (down_name, "down", down_sources)):
+        for name, fused, sources in ((gate_up_name, "gate_up", gate_up_sources), (down_name, "down", down_sources)):
             dtypes = {source_info[key][1] for key in sources}
             if requested_dtype is None and len(dtypes) > 1:
                 mismatched.append(f"{name}: its experts are stored in different dtypes "
                                   f"({', '.join(sorted(dtype_name(d) for d in dtypes))}); pass --dtype")
                 continue
-            dtype = output_dtype(name, dtypes.pop(), requested_dtype)
-            built[name] = TargetTensor(name, tuple(expected[name]), dtype, kind, sources)
+            dtype = dtypes.pop()
+            dtype = dtype if dtype in FP8_DTYPES else output_dtype(name, dtype, requested_dtype)
+            built[name] = TargetTensor(name, tuple(expected[name]), dtype, fused, sources)
 
     notes = []
     if dropped:
         notes.append(f"dropped {len(dropped)} derived tensor(s) the model recomputes: "
                      f"{_short_list(sorted(dropped), 3)}")
-    fused_names = {f"{p}.{suffix}" for p in groups for suffix in ("gate_up_proj", "down_proj")}
+    fused_names = {f"{p}.{name}" for p, kind in groups for name in FUSED_NAMES[kind]}
     unfilled = [name for name in expected if name not in built and name not in fused_names]
     optional = [name for name in unfilled if OPTIONAL_KEY.search(name)]
     for name in unfilled:
         if OPTIONAL_KEY.search(name):
             continue
-        if name.endswith(".experts.gate_up_proj") or name.endswith(".experts.down_proj"):
+        if name.endswith((".experts.gate_up_proj", ".experts.down_proj")):
             # No expert of this layer is in the source at all: name the source tensors that were expected.
             prefix, suffix = name.rsplit(".", 1)
             projs = "{gate_proj,up_proj}" if suffix == "gate_up_proj" else "down_proj"
@@ -179,7 +187,8 @@ def dominant_dtype(targets) -> torch.dtype:
     """The floating dtype holding most parameters (float32-pinned tensors aside): what config.json's `dtype` says."""
     totals = {}
     for target in targets:
-        if target.dtype.is_floating_point and not FP32_KEY.search(target.name):
+        # FP8 experts carry their own dtype; config.json names the dtype everything else is loaded in.
+        if target.dtype.is_floating_point and target.dtype not in FP8_DTYPES and not FP32_KEY.search(target.name):
             count = 1
             for dim in target.shape:
                 count *= dim

@@ -27,6 +27,7 @@ from conversion.llm_checkpoint import (
     special_token_ids,
     write_weights,
 )
+from conversion.llm_fp8 import prepare_llm_fp8
 from conversion.llm_weights import TargetTensor, dominant_dtype, expected_llm_tensors, output_dtype
 
 IMAGE_TOKENIZER_DIR = "image_tokenizer"
@@ -238,12 +239,13 @@ def convert_uni(src: Path, dst: Path, *, dtype, max_bytes: int, log):
     config = build_uni_config(src, text_config, log)
     image_dir = src / IMAGE_TOKENIZER_DIR
     processor = build_image_processor(image_dir, config.vision_config, log)
-    expected = expected_llm_tensors(config, LLaDA2UniForConditionalGeneration)
-    image_expected = {k: v for k, v in expected.items() if k.startswith(tuple(IMAGE_PREFIXES.values()))}
-    llm_expected = {k: v for k, v in expected.items() if k not in image_expected}
     weights_name = image_tokenizer_weights(image_dir)
     label = f"{IMAGE_TOKENIZER_DIR}/{weights_name}"
-    with SourceCheckpoint(src) as llm_source, SourceCheckpoint(image_dir, weights_name) as image_source:
+    with SourceCheckpoint(src) as raw_llm_source, SourceCheckpoint(image_dir, weights_name) as image_source:
+        llm_source = prepare_llm_fp8(text_config, raw_llm_source, dtype, log)  # may set text_config.experts_fp8
+        expected = expected_llm_tensors(config, LLaDA2UniForConditionalGeneration)
+        image_expected = {k: v for k, v in expected.items() if k.startswith(tuple(IMAGE_PREFIXES.values()))}
+        llm_expected = {k: v for k, v in expected.items() if k not in image_expected}
         llm_targets = plan_llm(llm_source, llm_expected, dtype, log)
         image_targets = plan_image_tokenizer_weights(image_source.info, image_expected, dtype, label)
         planned = plan_weights([(llm_targets, llm_source), (image_targets, image_source)])

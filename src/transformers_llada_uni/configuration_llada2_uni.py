@@ -48,6 +48,10 @@ class LLaDA2MoeConfig(PretrainedConfig):
             (eos falls back to `pad_token_id` first: the releases use one token for both).
         image_token_offset (`int`, *optional*): first image-code id in the vocabulary (Uni only).
         block_length (`int`, defaults to 32): block size of block-diffusion decoding and training.
+        experts_fp8 (`dict`, *optional*): routed experts stored in FP8 (weight-only; computed in the activations'
+            dtype): `{"dtype": "float8_e4m3fn" | "float8_e5m2", "gate_up_block_size": [rows, cols],
+            "down_block_size": [rows, cols]}`. Each block of a weight shares one float32 scale (`*_scale_inv`,
+            multiplied in to dequantize). Written by the converter for FP8 releases; None = ordinary weights.
     """
 
     model_type = "llada2_moe"
@@ -97,6 +101,7 @@ class LLaDA2MoeConfig(PretrainedConfig):
         pad_token_id=None,
         image_token_offset=None,
         block_length=32,
+        experts_fp8=None,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -143,6 +148,7 @@ class LLaDA2MoeConfig(PretrainedConfig):
         self.mask_token_id = real_id(mask_token_id, _REAL_IDS["mask_token_id"])
         self.image_token_offset = image_token_offset
         self.block_length = block_length
+        self.experts_fp8 = experts_fp8
         # The base class turns legacy RoPE kwargs into its own structure; we keep ours, so they are not forwarded.
         kwargs.pop("rope_type", None)
         super().__init__(
@@ -171,6 +177,24 @@ class LLaDA2MoeConfig(PretrainedConfig):
     @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
+
+    def _validate_experts_fp8(self):
+        fp8 = self.experts_fp8
+        if fp8 is None:
+            return
+        if not isinstance(fp8, dict) or fp8.get("dtype") not in ("float8_e4m3fn", "float8_e5m2"):
+            raise ValueError(f"`experts_fp8` must be None or a dict with `dtype` 'float8_e4m3fn' or 'float8_e5m2' and "
+                             f"`gate_up_block_size` / `down_block_size`; got {fp8!r}.")
+        hidden, inter = self.hidden_size, self.moe_intermediate_size
+        for name, (rows, cols) in (("gate_up_block_size", (2 * inter, hidden)), ("down_block_size", (hidden, inter))):
+            block = fp8.get(name)
+            if (
+                not isinstance(block, (list, tuple)) or len(block) != 2
+                or not all(isinstance(b, int) and b > 0 for b in block)
+                or rows % block[0] or cols % block[1]
+            ):
+                raise ValueError(f"`experts_fp8[{name!r}]` must be two positive ints dividing the weight's shape "
+                                 f"({rows}, {cols}); got {block!r}.")
 
     def validate_shapes(self):
         """Raise `ValueError` naming the offending key when the shapes cannot form a model."""
@@ -228,6 +252,7 @@ class LLaDA2MoeConfig(PretrainedConfig):
                 )
             if self.score_function != "sigmoid":
                 raise ValueError(f"`score_function` must be 'sigmoid' (LLaDA2 routing), got {self.score_function!r}.")
+            self._validate_experts_fp8()
         if self.hidden_act != "silu":
             raise ValueError(f"`hidden_act` must be 'silu' (SwiGLU experts), got {self.hidden_act!r}.")
         if self.use_bias:

@@ -202,31 +202,58 @@ class LLaDA2MoeExperts(nn.Module):
     """All routed experts as two fused 3-D parameters, computed with grouped matmuls over expert-sorted tokens.
 
     `gate_up_proj` [E, 2*I, H] holds each expert's gate rows then its up rows; `down_proj` is [E, H, I]. The per-expert
-    layout of the original checkpoints is stacked into these by `conversion/`.
+    layout of the original checkpoints is stacked into these by `conversion/`. With `config.experts_fp8` the two
+    weights are FP8 with float32 block scales (`*_scale_inv`), frozen, and only the experts a forward hits are
+    dequantized (into the activations' dtype) for it.
     """
 
     def __init__(self, config: LLaDA2MoeConfig):
         super().__init__()
         self.num_experts = config.num_experts
         self.intermediate_size = config.moe_intermediate_size
-        self.gate_up_proj = nn.Parameter(torch.empty(config.num_experts, 2 * config.moe_intermediate_size, config.hidden_size))
-        self.down_proj = nn.Parameter(torch.empty(config.num_experts, config.hidden_size, config.moe_intermediate_size))
+        shapes = {"gate_up_proj": (config.num_experts, 2 * config.moe_intermediate_size, config.hidden_size),
+                  "down_proj": (config.num_experts, config.hidden_size, config.moe_intermediate_size)}
+        self.fp8 = config.experts_fp8
+        if self.fp8 is None:
+            for name, shape in shapes.items():
+                setattr(self, name, nn.Parameter(torch.empty(shape)))
+        else:
+            dtype = getattr(torch, self.fp8["dtype"])
+            for name, (experts, rows, cols) in shapes.items():
+                block_rows, block_cols = self.fp8[name.replace("_proj", "_block_size")]
+                setattr(self, name, nn.Parameter(torch.empty(experts, rows, cols, dtype=dtype), requires_grad=False))
+                scale = torch.empty(experts, rows // block_rows, cols // block_cols, dtype=torch.float32)
+                setattr(self, f"{name}_scale_inv", nn.Parameter(scale, requires_grad=False))
         self.backend = "auto"  # "auto" | "grouped_mm" | "loop"
 
+    def dequantized(self, name: str, experts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The FP8 weight `name` of the `experts` (indices) as `dtype`: FP8 value x its block's scale, in float32."""
+        weight = getattr(self, name)[experts].to(torch.float32)
+        scale = getattr(self, f"{name}_scale_inv")[experts]
+        block_rows, block_cols = weight.shape[1] // scale.shape[1], weight.shape[2] // scale.shape[2]
+        scale = scale.repeat_interleave(block_rows, dim=1).repeat_interleave(block_cols, dim=2)
+        return (weight * scale).to(dtype)
+
     def _expert_mlp(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        gate_up_proj, down_proj = self.gate_up_proj, self.down_proj
+        if self.fp8 is not None:
+            hit = counts.nonzero().squeeze(1)
+            gate_up_proj = self.dequantized("gate_up_proj", hit, rows.dtype)
+            down_proj = self.dequantized("down_proj", hit, rows.dtype)
+            counts = counts[hit]
         use_grouped = self.backend == "grouped_mm" or (
-            self.backend == "auto" and _grouped_mm_fits(rows, self.gate_up_proj, self.down_proj)
+            self.backend == "auto" and _grouped_mm_fits(rows, gate_up_proj, down_proj)
         )
         if use_grouped:
             offsets = counts.cumsum(0).to(torch.int32)
-            gate, up = F.grouped_mm(rows, self.gate_up_proj.transpose(1, 2), offs=offsets).chunk(2, dim=-1)
-            return F.grouped_mm(F.silu(gate) * up, self.down_proj.transpose(1, 2), offs=offsets)
+            gate, up = F.grouped_mm(rows, gate_up_proj.transpose(1, 2), offs=offsets).chunk(2, dim=-1)
+            return F.grouped_mm(F.silu(gate) * up, down_proj.transpose(1, 2), offs=offsets)
         outputs, start = [], 0
         for expert, count in enumerate(counts.tolist()):  # one host sync per layer, experts without tokens skipped
             if count == 0:
                 continue
-            gate, up = F.linear(rows[start : start + count], self.gate_up_proj[expert]).chunk(2, dim=-1)
-            outputs.append(F.linear(F.silu(gate) * up, self.down_proj[expert]))
+            gate, up = F.linear(rows[start : start + count], gate_up_proj[expert]).chunk(2, dim=-1)
+            outputs.append(F.linear(F.silu(gate) * up, down_proj[expert]))
             start += count
         return torch.cat(outputs) if outputs else rows.new_zeros(0, rows.shape[-1])
 
@@ -300,7 +327,7 @@ class LLaDA2MoePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["LLaDA2MoeDecoderLayer"]
     _skip_keys_device_placement = ["past_key_values"]
-    _keep_in_fp32_modules_strict = ["expert_bias"]
+    _keep_in_fp32_modules_strict = ["expert_bias", "proj_scale_inv"]
     # Some releases store no router bias; zeros (the init) are then exact.
     _keys_to_ignore_on_load_missing = [r"mlp\.gate\.expert_bias"]
     _supports_sdpa = True
@@ -325,9 +352,16 @@ class LLaDA2MoePreTrainedModel(PreTrainedModel):
         elif isinstance(module, LLaDA2MoeRotaryEmbedding):
             # A non-persistent buffer: models built on the meta device by from_pretrained must recompute it here.
             _init("copy_", module.inv_freq, other=module.compute_inv_freq(module.inv_freq.device))
-        elif isinstance(module, LLaDA2MoeExperts):
+        elif isinstance(module, LLaDA2MoeExperts) and module.fp8 is None:
             _init("normal_", module.gate_up_proj, mean=0.0, std=std)
             _init("normal_", module.down_proj, mean=0.0, std=std)
+        elif isinstance(module, LLaDA2MoeExperts):
+            # normal_ has no FP8 kernel: draw in float32, store FP8 values with unit scales.
+            for name in ("gate_up_proj", "down_proj"):
+                weight = getattr(module, name)
+                if not getattr(weight, "_is_hf_initialized", False):
+                    weight.copy_((torch.randn(weight.shape, device=weight.device) * std).to(weight.dtype))
+                _init("ones_", getattr(module, f"{name}_scale_inv"))
 
     def set_experts_backend(self, backend: str):
         """Choose how routed experts run: "auto" (grouped GEMM when it applies), "grouped_mm" or "loop"."""
