@@ -52,6 +52,10 @@ class LLaDA2MoeConfig(PretrainedConfig):
             dtype): `{"dtype": "float8_e4m3fn" | "float8_e5m2", "gate_up_block_size": [rows, cols],
             "down_block_size": [rows, cols]}`. Each block of a weight shares one float32 scale (`*_scale_inv`,
             multiplied in to dequantize). Written by the converter for FP8 releases; None = ordinary weights.
+        diffusion_training (`dict`, *optional*): settings of the training objective `forward(labels=...)` computes
+            (`training_llada2_uni.DiffusionTrainingArguments`): `objective` "block" ([x_t ; x_0], default) or
+            "full" (MDLM), `block_length` (default: `block_length`), `mask_ratio_min` / `mask_ratio_max` (0.001 / 1),
+            `loss_weighting` "inverse_t" (default) or "none", `complementary_masking` (False).
     """
 
     model_type = "llada2_moe"
@@ -102,6 +106,7 @@ class LLaDA2MoeConfig(PretrainedConfig):
         image_token_offset=None,
         block_length=32,
         experts_fp8=None,
+        diffusion_training=None,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -149,6 +154,7 @@ class LLaDA2MoeConfig(PretrainedConfig):
         self.image_token_offset = image_token_offset
         self.block_length = block_length
         self.experts_fp8 = experts_fp8
+        self.diffusion_training = diffusion_training
         # The base class turns legacy RoPE kwargs into its own structure; we keep ours, so they are not forwarded.
         kwargs.pop("rope_type", None)
         super().__init__(

@@ -18,6 +18,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
 from .configuration_llada2_uni import LLaDA2MoeConfig
 from .generation_llada2_uni import LLaDA2MoeGenerationMixin
+from .training_llada2_uni import masked_diffusion_forward
 
 
 class LLaDA2MoeRMSNorm(nn.Module):
@@ -550,13 +551,32 @@ class LLaDA2MoeForCausalLM(LLaDA2MoePreTrainedModel, LLaDA2MoeGenerationMixin):
         **kwargs,
     ) -> Union[tuple, MoeCausalLMOutputWithPast]:
         r"""
-        labels (`torch.LongTensor` [B, L], *optional*):
-            Targets for the masked-diffusion cross-entropy, aligned with the inputs (no shift): positions set to -100
-            are ignored, so a caller supervises exactly the positions it masked.
+        labels (`torch.LongTensor` [B, L], *optional*): two uses, told apart by the inputs.
+            * `input_ids` hold no mask token (clean sequences, what the collators give): the masked-diffusion training
+              objective (`training_llada2_uni.py`, settings in `config.diffusion_training`). `labels` mark the
+              supervised positions (the clean token there, -100 elsewhere); each sample is masked at a random ratio,
+              run as [x_t ; x_0] under the block-diffusion mask, and the loss covers the masked positions. The
+              returned `logits` are those of x_t. `attention_mask` must be the 2-D padding mask (or None).
+            * `input_ids` already contain mask tokens (the caller noised them): plain unshifted cross-entropy with
+              `labels` as targets (-100 ignored), under the caller's `attention_mask`.
         logits_to_keep (`int` or `torch.Tensor`, *optional*):
             Keep only the last `logits_to_keep` positions (an int) or the given positions (a 1-D index tensor).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        mask_id = self.config.get_text_config().mask_token_id
+        if labels is not None and input_ids is not None and past_key_values is None and not (
+            mask_id is not None and (input_ids == mask_id).any()
+        ):
+            loss, logits, outputs = masked_diffusion_forward(
+                self, input_ids, labels, attention_mask, mask_id, output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states, output_router_logits=output_router_logits,
+                logits_to_keep=torch.arange(input_ids.shape[1], device=input_ids.device), **kwargs,
+            )
+            output = MoeCausalLMOutputWithPast(
+                loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+                router_logits=outputs.router_logits,
+            )
+            return output if return_dict else output.to_tuple()
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

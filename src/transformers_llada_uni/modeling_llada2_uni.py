@@ -41,6 +41,10 @@ class LLaDA2UniForConditionalGeneration(LLaDA2MoeForCausalLM, LLaDA2UniGeneratio
         first replace the image placeholders of `input_ids` (see `insert_image_tokens`)."""
         if input_ids is not None and (pixel_values is not None or image_tokens is not None):
             input_ids = self.insert_image_tokens(input_ids, pixel_values, image_grid_thw, image_tokens)
+            labels = kwargs.get("labels")
+            if labels is not None:
+                # Supervised image positions name the placeholder; their targets are the codes just written there.
+                kwargs["labels"] = torch.where(labels == -100, labels, input_ids)
         return super().forward(input_ids=input_ids, **kwargs)
 
     def generate(self, inputs=None, generation_config=None, attention_mask=None, streamer=None, generator=None,
