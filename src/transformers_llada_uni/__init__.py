@@ -14,6 +14,7 @@ from transformers import (
 )
 
 from .configuration_llada2_uni import LLaDA2MoeConfig, LLaDA2UniConfig
+from .data_collator_llada2_uni import LLaDA2UniDataCollator
 from .generation_llada2_uni import (
     BlockDiffusionCache,
     LLaDA2GenerateOutput,
@@ -23,7 +24,9 @@ from .generation_llada2_uni import (
 from .image_processing_llada2_uni import LLaDA2UniImageProcessor
 from .modeling_llada2_moe import LLaDA2MoeForCausalLM, LLaDA2MoeModel, LLaDA2MoeModelLM, LLaDA2MoePreTrainedModel
 from .modeling_llada2_uni import LLaDA2UniForConditionalGeneration
+from .peft_llada2_uni import get_lora_model, lora_config
 from .processing_llada2_uni import LLaDA2UniProcessor
+from .training_llada2_uni import DiffusionTrainingArguments
 
 AutoConfig.register(LLaDA2MoeConfig.model_type, LLaDA2MoeConfig, exist_ok=True)
 AutoModel.register(LLaDA2MoeConfig, LLaDA2MoeForCausalLM, exist_ok=True)
@@ -43,6 +46,7 @@ LLaDA2UniProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "BlockDiffusionCache",
+    "DiffusionTrainingArguments",
     "LLaDA2GenerateOutput",
     "LLaDA2GenerationConfig",
     "LLaDA2MoeConfig",
@@ -52,7 +56,10 @@ __all__ = [
     "LLaDA2MoeModelLM",
     "LLaDA2MoePreTrainedModel",
     "LLaDA2UniConfig",
+    "LLaDA2UniDataCollator",
     "LLaDA2UniForConditionalGeneration",
     "LLaDA2UniImageProcessor",
     "LLaDA2UniProcessor",
+    "get_lora_model",
+    "lora_config",
 ]
