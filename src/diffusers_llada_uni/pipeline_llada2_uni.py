@@ -15,7 +15,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
-from .hub_layout import DECODER_DEFAULTS, DECODERS, check_decoder, write_model_index
+from .hub_layout import DECODER_DEFAULTS, DECODERS, check_decoder, default_scheduler, write_model_index
 from .loading import ComponentSource, decoder_component_names
 from .pipeline_llada2_uni_decoder import (
     OUTPUT_TYPES,
@@ -370,7 +370,7 @@ class LLaDA2UniPipeline(DiffusionPipeline):
     def _decode(self, tokens: list, settings: dict, generator, output_type, callback):
         """Decode every token grid; grids of one size run as one batch, stage by stage."""
         transformer_name, scheduler_name = DECODERS[settings["decoder"]]
-        scheduler = getattr(self, scheduler_name)
+        scheduler = getattr(self, scheduler_name) or default_scheduler(settings["decoder"])
         device = self._device()
         groups = {}
         for index, item in enumerate(tokens):
