@@ -13,10 +13,7 @@ run leaves nothing behind. See docs/conversion.md.
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -34,6 +31,7 @@ from conversion.decoder_checkpoint import (  # noqa: E402
     write_pixel,
 )
 from conversion.llm_checkpoint import convert_llm, verify_llm  # noqa: E402
+from conversion.staging import staged_output  # noqa: E402
 from conversion.uni_checkpoint import IMAGE_TOKENIZER_DIR, convert_uni, verify_uni  # noqa: E402
 
 DTYPES = {"keep": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
@@ -114,31 +112,6 @@ def _check_paths(original: Path, output: Path, overwrite: bool):
             raise ConversionError(f"--output {output} exists and is not a folder; remove it yourself")
 
 
-def _fix_permissions(folder: Path):
-    """Give the staging folder (created 0700 by mkdtemp) and its files the usual umask-based permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for root, dirs, files in os.walk(folder):
-        os.chmod(root, 0o777 & ~umask)
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o666 & ~umask)
-
-
-def _move_into_place(staging: Path, output: Path):
-    """Rename the finished staging folder to `output`, replacing an existing output only once the new one is ready."""
-    if not output.exists():
-        os.replace(staging, output)
-        return
-    backup = output.parent / f".{output.name}.replaced-{uuid.uuid4().hex[:8]}"
-    os.replace(output, backup)
-    try:
-        os.replace(staging, output)
-    except BaseException:
-        os.replace(backup, output)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-
-
 def convert(original, output, *, dtype="keep", max_shard_size="5GB", overwrite=False, verify=False, quiet=False,
             components=None):
     """Convert the original checkpoint folder `original` into `output`; returns the output `Path`.
@@ -169,10 +142,7 @@ def convert(original, output, *, dtype="keep", max_shard_size="5GB", overwrite=F
     _check_paths(original, output, overwrite)
     options["components"] = _resolve_components(original, components)
 
-    created_parents = [p for p in reversed(output.parents) if not p.exists()]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.converting-", dir=output.parent))
-    try:
+    with staged_output(output, "converting") as staging:
         skipped = [path for name, path in COMPONENTS.items()
                    if name not in options["components"] and (original / path).exists()]
         skipped = [path for path in skipped if not any(path.startswith(s + "/") for s in skipped)]
@@ -182,16 +152,6 @@ def convert(original, output, *, dtype="keep", max_shard_size="5GB", overwrite=F
                 "(not selected; see --components)")
         log(f"converting {original} -> {output} ({' + '.join(options['components'])})")
         _convert_components(original, staging, options, log)
-        _fix_permissions(staging)
-        _move_into_place(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for parent in reversed(created_parents):
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-        raise
     log(f"done: {output}")
     return output
 

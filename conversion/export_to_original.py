@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from conversion.checkpoint_io import (  # noqa: E402
     plan_shards,
     write_shards,
 )
-from conversion.convert_llada2_uni_to_hf import _fix_permissions, _move_into_place, _resolve_dtype  # noqa: E402
+from conversion.convert_llada2_uni_to_hf import _resolve_dtype  # noqa: E402
 from conversion.original_layout import (  # noqa: E402
     CHAT_TEMPLATE_FILES,
     IMAGE_PREFIXES,
@@ -55,6 +54,7 @@ from conversion.original_layout import (  # noqa: E402
     plan_llm_export,
     plan_renamed,
 )
+from conversion.staging import staged_output  # noqa: E402
 
 DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 ROOT_WEIGHTS_NAME = "model.safetensors"
@@ -350,10 +350,7 @@ def export(hf_dir, output, *, dtype="keep", max_shard_size="5GB", overwrite=Fals
     max_bytes = parse_size(max_shard_size)
     _check_paths(hf_dir, output, overwrite)
 
-    created_parents = [p for p in reversed(output.parents) if not p.exists()]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.exporting-", dir=output.parent))
-    try:
+    with staged_output(output, "exporting") as staging:
         log(f"exporting {hf_dir} -> {output} (original layout)")
         with ExitStack() as stack:
             # Every part is planned (configs read, keys and shapes checked) before anything is written.
@@ -366,16 +363,6 @@ def export(hf_dir, output, *, dtype="keep", max_shard_size="5GB", overwrite=Fals
             _check_part(part, staging)
         log(f"checked: {sum(len(p.tensors) for p in parts)} tensors in {len(parts)} weight file set(s) re-read, and "
             "they map back onto the models")
-        _fix_permissions(staging)
-        _move_into_place(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for parent in reversed(created_parents):
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-        raise
     log(f"done: {output}")
     return output
 

@@ -53,6 +53,14 @@ def offline_env() -> dict:
 
 
 @pytest.fixture(scope="session")
+def parity_checkpoint():
+    """The tiny model in the original release layout (../shared/parity/public/checkpoint)."""
+    if not PARITY_DIR.is_dir():
+        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
+    return PARITY_DIR / "checkpoint"
+
+
+@pytest.fixture(scope="session")
 def converted(tmp_path_factory):
     """The public parity checkpoint converted with the command-line script, as a user would (once per session)."""
     if not PARITY_DIR.is_dir():

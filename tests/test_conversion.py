@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import PARITY_DIR, REPO_ROOT, run_without_plugin
+from conftest import REPO_ROOT, run_without_plugin
 
 from conversion.checkpoint_io import ConversionError
 from conversion.convert_llada2_uni_to_hf import convert, main
@@ -43,10 +43,8 @@ UNI_TOKENS = {"image_start_token_id": "<|image|>", "image_end_token_id": "<|/ima
 
 
 @pytest.fixture(scope="module")
-def source():
-    if not PARITY_DIR.is_dir():
-        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
-    return PARITY_DIR / "checkpoint"
+def source(parity_checkpoint):
+    return parity_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,6 @@ import torch
 from diffusers import AutoencoderKL, ZImageTransformer2DModel
 from safetensors.torch import load_file, save_file
 
-from conftest import PARITY_DIR
-
 from conversion.checkpoint_io import ConversionError
 from conversion.convert_llada2_uni_to_hf import convert, main
 from diffusers_llada_uni.hub_layout import SCHEDULER_SETTINGS, SUBFOLDERS
@@ -29,15 +27,8 @@ SIGVQ = "image_tokenizer/sigvq_embedding.pt"
 
 
 @pytest.fixture(scope="module")
-def source():
-    if not PARITY_DIR.is_dir():
-        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
-    return PARITY_DIR / "checkpoint"
-
-
-@pytest.fixture(scope="module")
-def converted(source, tmp_path_factory):
-    return convert(source, tmp_path_factory.mktemp("pixel") / "out", quiet=True)
+def source(parity_checkpoint):
+    return parity_checkpoint
 
 
 def _copy(source, folder, skip=()):

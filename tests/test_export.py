@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import PARITY_DIR, REPO_ROOT, offline_env
+from conftest import REPO_ROOT, offline_env
 
 from conversion.checkpoint_io import ConversionError
 from conversion.convert_llada2_uni_to_hf import convert
@@ -70,15 +70,8 @@ def weight_files(folder):
 
 
 @pytest.fixture(scope="module")
-def source():
-    if not PARITY_DIR.is_dir():
-        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
-    return PARITY_DIR / "checkpoint"
-
-
-@pytest.fixture(scope="module")
-def converted(source, tmp_path_factory):
-    return convert(source, tmp_path_factory.mktemp("conv") / "hf", quiet=True)
+def source(parity_checkpoint):
+    return parity_checkpoint
 
 
 @pytest.fixture(scope="module")
