@@ -11,6 +11,7 @@ docs/conversion.md ("Export back to the original layout") and original_layout.py
 """
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 if __package__ in (None, ""):  # run as a script: make `conversion.*` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -140,18 +142,28 @@ def _plan_root(hf_dir: Path, requested, max_bytes, log, stack):
 
     config, model_class, composite = _load_root_config(hf_dir)
     text_config = config.get_text_config()
-    if getattr(text_config, "experts_fp8", None) is not None:
-        raise ConversionError(f"{hf_dir} keeps its routed experts in FP8 (config experts_fp8): exporting FP8 experts "
-                              "to the original layout is not supported yet; convert the original with --dtype bf16")
+    fp8 = getattr(text_config, "experts_fp8", None)
+    if fp8 is not None and "source" not in fp8:
+        raise ConversionError(f"{hf_dir} keeps its routed experts in FP8 but its config does not record the source's "
+                              "scale layout (experts_fp8['source']); re-convert the original FP8 release")
     source = stack.enter_context(SourceCheckpoint(hf_dir))
     expected = expected_llm_tensors(config, model_class)
     check_against_model(source.info, expected, f"the weights of {hf_dir}", model_class.__name__, OPTIONAL_KEY)
     image_keys = [k for k in expected if k.startswith(tuple(IMAGE_PREFIXES))] if composite else []
     llm_expected = {k: v for k, v in expected.items() if k not in set(image_keys)}
-    llm_tensors = plan_llm_export(source.info, [k for k in llm_expected if k in source.info], requested)
+    llm_tensors = plan_llm_export(source.info, [k for k in llm_expected if k in source.info], requested,
+                                  fp8["source"] if fp8 is not None else None)
     torch_dtype = dominant_dtype(llm_tensors)
 
     def llm_back_check(info):
+        if fp8 is not None:
+            # The forward converter's FP8 pass must pair every float8 weight with its scale again.
+            from conversion.llm_fp8 import prepare_llm_fp8
+
+            replay = copy.deepcopy(text_config)
+            replay.experts_fp8 = None
+            replay.quantization_config = fp8["source"]["quantization_config"] or {}
+            info = prepare_llm_fp8(replay, SimpleNamespace(info=info, folder=hf_dir), None, lambda message: None).info
         plan_llm_weights(info, llm_expected, None)
 
     uni_ids = {name: getattr(config, name, None) for name in UNI_ID_TOKENS} if composite else None

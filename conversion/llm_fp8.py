@@ -36,6 +36,13 @@ def prepare_llm_fp8(text_config, source, requested_dtype, log):
     dequantize = set(plan.weights) - experts if keep else set(plan.weights)
     if keep:
         text_config.experts_fp8 = _experts_layout(plan, experts, text_config)
+        # What the export back to the original layout needs to write the same tensors and config again.
+        sample = plan.weights[min(experts)]
+        text_config.experts_fp8["source"] = {
+            "scale_suffix": sample.scale_key.rsplit(".", 1)[1],
+            "scale_rank": len(source.info[sample.scale_key][0]),
+            "quantization_config": quantization,
+        }
         log(f"FP8: {len(experts)} routed expert weights kept in {dtype_name(plan.dtype)} with their scales "
             f"(blocks: gate/up {text_config.experts_fp8['gate_up_block_size']}, down "
             f"{text_config.experts_fp8['down_block_size']})")

@@ -65,9 +65,9 @@ ORIGINAL_KEY_ORDER = (
 # Keys of the converted text config that are not written back: transformers' own bookkeeping (`dtype` becomes the
 # original's `torch_dtype`) and `is_causal`, a constant our config class forces on every load. None of them is in an
 # original config; a second conversion of the export recreates them.
-DROPPED_CONFIG_KEYS = ("_name_or_path", "dtype", "torch_dtype", "transformers_version", "is_causal")
+DROPPED_CONFIG_KEYS = ("_name_or_path", "dtype", "torch_dtype", "transformers_version", "is_causal", "experts_fp8")
 # Fields of our config class that are dropped while unset (None): no original config has them.
-DROPPED_WHEN_NONE = ("experts_fp8", "diffusion_training")
+DROPPED_WHEN_NONE = ("diffusion_training",)
 # PretrainedConfig's generic keys, dropped when they hold transformers' default value (transformers 5 writes them all
 # into a nested config; the original config has none of them).
 GENERIC_CONFIG_DEFAULTS = {
@@ -106,6 +106,9 @@ def original_root_config(text_config: dict, *, torch_dtype: torch.dtype, uni_ids
     """
     flavour = "uni" if text_config.get("image_token_offset") is not None else "text"
     out = dict(ORIGINAL_HEADS[flavour])
+    fp8 = text_config.get("experts_fp8")
+    if fp8 is not None and fp8.get("source", {}).get("quantization_config") is not None:
+        out["quantization_config"] = fp8["source"]["quantization_config"]  # the FP8 release's own, restored
     out["torch_dtype"] = str(torch_dtype).removeprefix("torch.")
     for key, value in text_config.items():
         if key in DROPPED_CONFIG_KEYS or key in out or (key in DROPPED_WHEN_NONE and value is None):
@@ -218,7 +221,9 @@ def original_tokenizer_config(config: dict, has_fast: bool):
 
 # --- weights ----------------------------------------------------------------------------------------------------------
 
-FUSED_KEY = re.compile(r"^(?P<prefix>(?:.+\.)?layers\.\d+\.mlp\.experts)\.(?P<proj>gate_up_proj|down_proj)$")
+FUSED_KEY = re.compile(
+    r"^(?P<prefix>(?:.+\.)?layers\.\d+\.mlp\.experts)\.(?P<proj>gate_up_proj|down_proj)(?P<scale>_scale_inv)?$"
+)
 
 
 @dataclass
@@ -230,6 +235,7 @@ class ExportTensor:
     dtype: torch.dtype
     source: str
     select: tuple = None  # (expert, first row, end row) of a fused tensor; rows None = the whole expert block
+    reshape: tuple = None  # the original's own shape of an FP8 scale ([] per tensor, [rows] per row)
 
     @property
     def nbytes(self) -> int:
@@ -259,9 +265,10 @@ def check_against_model(info: dict, expected: dict, label: str, class_name: str,
         raise ConversionError("; ".join(problems) + " (is it a converted LLaDA2 checkpoint?)")
 
 
-def plan_llm_export(info: dict, order, requested_dtype):
+def plan_llm_export(info: dict, order, requested_dtype, fp8_source: dict = None):
     """The original LLM tensors for our keys `order` (present in `info`): fused experts split per expert, the rest
-    verbatim; `expert_bias` float32."""
+    verbatim; `expert_bias` float32. With `fp8_source` (`experts_fp8["source"]` of a kept-FP8 model) the float8
+    experts stay float8 and their fused scales are split the same way, under the original scale name and shape."""
     out = []
     for key in order:
         shape, dtype = info[key]
@@ -270,18 +277,24 @@ def plan_llm_export(info: dict, order, requested_dtype):
             out.append(ExportTensor(key, tuple(shape), output_dtype(key, dtype, requested_dtype), key))
             continue
         prefix, experts = match["prefix"], shape[0]
-        if match["proj"] == "gate_up_proj":
-            inter = shape[1] // 2
-            for e in range(experts):
-                for proj, rows in (("gate_proj", (0, inter)), ("up_proj", (inter, 2 * inter))):
-                    name = f"{prefix}.{e}.{proj}.weight"
-                    out.append(ExportTensor(name, (inter, shape[2]), output_dtype(name, dtype, requested_dtype), key,
-                                            (e, *rows)))
-        else:
-            for e in range(experts):
-                name = f"{prefix}.{e}.down_proj.weight"
-                out.append(ExportTensor(name, tuple(shape[1:]), output_dtype(name, dtype, requested_dtype), key,
-                                        (e, None, None)))
+        suffix, reshape, want = "weight", None, requested_dtype
+        if fp8_source is not None:
+            want = None  # float8 experts and their float32 scales are written as they are, whatever --dtype says
+        if match["scale"]:
+            suffix = fp8_source["scale_suffix"]
+        rows_per_part = shape[1] // 2 if match["proj"] == "gate_up_proj" else shape[1]
+        if match["scale"] and fp8_source["scale_rank"] < 2:
+            # A [1, 1] grid was a per-tensor scale ([]); a [rows, 1] grid a per-row one ([rows]).
+            reshape = () if fp8_source["scale_rank"] == 0 else (rows_per_part,)
+        parts = ((("gate_proj", 0), ("up_proj", rows_per_part)) if match["proj"] == "gate_up_proj"
+                 else (("down_proj", None),))
+        for e in range(experts):
+            for proj, start in parts:
+                name = f"{prefix}.{e}.{proj}.{suffix}"
+                part_shape = reshape if reshape is not None else (rows_per_part, shape[2])
+                select = (e, None, None) if start is None else (e, start, start + rows_per_part)
+                out.append(ExportTensor(name, tuple(part_shape), output_dtype(name, dtype, want), key, select,
+                                        reshape))
     return out
 
 
@@ -316,6 +329,8 @@ class TensorReader:
             self._cached_key = tensor.source
         expert, start, end = tensor.select
         block = self._cached[expert] if start is None else self._cached[expert, start:end]
+        if tensor.reshape is not None:
+            block = block.reshape(tensor.reshape)
         return block.to(dtype=tensor.dtype, copy=True).contiguous()  # own storage: save_file refuses shared memory
 
     def release(self):

@@ -107,8 +107,12 @@ def test_keep_stores_fp8_experts_with_scales_and_matches_the_dequantized_model(b
     out = convert(fp8_dir, tmp / "keep", components="llm", quiet=True)
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config and config["dtype"] == "float32"
+    source = config["experts_fp8"].pop("source")
     assert config["experts_fp8"] == {"dtype": "float8_e4m3fn", "gate_up_block_size": [8, 8],
                                      "down_block_size": [8, 8]}
+    # Recorded for the export back to the original layout.
+    assert source == {"scale_suffix": "weight_scale_inv", "scale_rank": 2,
+                      "quantization_config": json.loads((fp8_dir / "config.json").read_text())["quantization_config"]}
     tensors = _tensors(out)
     layer = next(k.rsplit(".", 1)[0] for k in tensors if k.endswith("experts.gate_up_proj"))
     assert tensors[f"{layer}.gate_up_proj"].dtype == torch.float8_e4m3fn
@@ -226,3 +230,21 @@ def test_fp8_experts_are_frozen():
     with torch.no_grad():
         logits = model(torch.arange(5).reshape(1, -1)).logits
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("block", [(8, 8), None], ids=["block-scales", "per-tensor"])
+def test_fp8_round_trip_to_the_original_layout(tmp_path, block):
+    from conversion.export_to_original import export
+
+    fp8_dir, _ = _snapshot(tmp_path, "src", block=block)
+    converted = convert(fp8_dir, tmp_path / "hf", components="llm", quiet=True)
+    exported = export(converted, tmp_path / "back", quiet=True)
+    original, back = _tensors(fp8_dir), _tensors(exported)
+    assert original.keys() == back.keys()
+    for key, tensor in original.items():
+        assert back[key].dtype == tensor.dtype and back[key].shape == tensor.shape, key
+        assert torch.equal(back[key].view(torch.uint8) if tensor.dtype == torch.float8_e4m3fn else back[key],
+                           tensor.view(torch.uint8) if tensor.dtype == torch.float8_e4m3fn else tensor), key
+    config = json.loads((exported / "config.json").read_text())
+    assert config["quantization_config"] == json.loads((fp8_dir / "config.json").read_text())["quantization_config"]
+    assert "experts_fp8" not in config
