@@ -1,7 +1,10 @@
 """Lazy reading of a sharded safetensors checkpoint and size-bounded shard writing, shared by the converters."""
 
 import json
+import os
 import re
+import struct
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -34,6 +37,9 @@ _SAFETENSORS_DTYPES = {
 for _name, _dtype in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
     if hasattr(torch, _dtype):
         _SAFETENSORS_DTYPES[_name] = getattr(torch, _dtype)
+
+# The pread path copies the stored (little-endian) bytes as they are; elsewhere safetensors' own reader converts them.
+_PREAD_OK = sys.byteorder == "little" and hasattr(os, "preadv")
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -77,6 +83,11 @@ class SourceCheckpoint:
     `weights_name` (e.g. `diffusion_pytorch_model.safetensors`) that name and its index instead. The index and the
     shards must agree: every listed key must be in its shard and every shard key must be listed. With `file_name`,
     exactly that one safetensors file of the folder is read (no index).
+
+    `safe_open` validates every file and gives the keys, shapes and dtypes. The tensor data are then read with plain
+    `pread`s into freshly allocated tensors rather than through safetensors' memory map: the bytes are the same, but
+    touched pages of a mapped file count in the process's resident set until the file is closed, so reading a
+    checkpoint through the map would make the converter's RSS grow to the size of the whole source.
     """
 
     def __init__(self, folder: Path, file_name: str = None, weights_name: str = SAFE_WEIGHTS_NAME):
@@ -101,6 +112,8 @@ class SourceCheckpoint:
         files = sorted(set(weight_map.values())) if weight_map is not None else [single_file.name]
         self._stack = ExitStack()
         self._handles = {}
+        self._fds = {}  # file name -> OS file descriptor for the pread path
+        self._offsets = {}  # key -> (absolute start, end) of its bytes in its file
         self.key_file = {}
         self.info = {}  # key -> (shape tuple, torch dtype)
         try:
@@ -113,6 +126,8 @@ class SourceCheckpoint:
                 except Exception as exc:  # safetensors raises its own error types for corrupt headers
                     raise ConversionError(f"cannot read {path}: {exc}") from None
                 self._handles[name] = handle
+                if _PREAD_OK:
+                    self._open_for_pread(path, name)
                 for key in handle.keys():
                     if key in self.key_file:
                         raise ConversionError(f"the tensor {key} is stored twice ({self.key_file[key]} and {name})")
@@ -137,11 +152,38 @@ class SourceCheckpoint:
             self.close()
             raise
 
+    def _open_for_pread(self, path: Path, name: str):
+        """Record where each tensor's bytes lie in `path` (the header safe_open has just validated)."""
+        fd = os.open(str(path), os.O_RDONLY)
+        self._stack.callback(os.close, fd)
+        self._fds[name] = fd
+        (length,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+        header = json.loads(os.pread(fd, length, 8))
+        data_start = 8 + length
+        for key, entry in header.items():
+            if key != "__metadata__":
+                begin, end = entry["data_offsets"]
+                self._offsets[key] = (data_start + begin, data_start + end)
+
     def keys(self):
         return list(self.info)
 
     def get(self, key: str) -> torch.Tensor:
-        return self._handles[self.key_file[key]].get_tensor(key)
+        """The tensor `key`, read from disk into memory of its own (never a view of a memory-mapped file)."""
+        name = self.key_file[key]
+        if name not in self._fds:
+            return self._handles[name].get_tensor(key)
+        shape, dtype = self.info[key]
+        begin, end = self._offsets[key]
+        data = torch.empty(end - begin, dtype=torch.uint8)
+        view = memoryview(data.numpy())
+        done = 0
+        while done < len(view):  # a single read returns at most ~2 GiB on Linux
+            count = os.preadv(self._fds[name], [view[done:]], begin + done)
+            if count <= 0:
+                raise ConversionError(f"{self.folder / name} ended while reading {key} (truncated file?)")
+            done += count
+        return data.view(dtype).reshape(shape)
 
     def close(self):
         self._stack.close()

@@ -103,7 +103,9 @@ def _check_paths(original: Path, output: Path, overwrite: bool):
         raise ConversionError(f"--original {original} does not exist")
     if not original.is_dir():
         raise ConversionError(f"--original {original} is not a folder")
-    if output == original or output in original.parents or original in output.parents:
+    # Compare real locations: a symlinked parent folder must not hide that the output lies inside the source.
+    real_output = output.parent.resolve() / output.name
+    if real_output == original or real_output in original.parents or original in real_output.parents:
         raise ConversionError(f"--output {output} must not be, contain or lie inside --original {original}")
     if output.exists() or output.is_symlink():
         if not overwrite:

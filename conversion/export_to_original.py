@@ -330,7 +330,9 @@ def _check_paths(hf_dir: Path, output: Path, overwrite: bool):
         raise ConversionError(f"--hf {hf_dir} does not exist")
     if not hf_dir.is_dir():
         raise ConversionError(f"--hf {hf_dir} is not a folder")
-    if output == hf_dir or output in hf_dir.parents or hf_dir in output.parents:
+    # Compare real locations: a symlinked parent folder must not hide that the output lies inside the source.
+    real_output = output.parent.resolve() / output.name
+    if real_output == hf_dir or real_output in hf_dir.parents or hf_dir in real_output.parents:
         raise ConversionError(f"--output {output} must not be, contain or lie inside --hf {hf_dir}")
     if output.exists() or output.is_symlink():
         if not overwrite:

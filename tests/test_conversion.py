@@ -611,3 +611,12 @@ def test_uni_round_trip_with_other_shapes_and_ids(tmp_path, capsys):
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=0, rtol=0)
         assert torch.equal(loaded.get_image_tokens(pixels, grid), model.get_image_tokens(pixels, grid))
+
+
+def test_output_inside_the_source_through_a_symlink_is_refused(source, tmp_path):
+    copy = tmp_path / "orig"
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("decoder*", "vae"))
+    (tmp_path / "link").symlink_to(copy)
+    with pytest.raises(ConversionError, match="must not be, contain or lie inside"):
+        convert(copy, tmp_path / "link" / "converted", quiet=True)
+    assert not (copy / "converted").exists()
