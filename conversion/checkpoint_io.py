@@ -19,6 +19,24 @@ class ConversionError(Exception):
     """A problem with the input, the options or the written output; the message is meant for the user as is."""
 
 
+def exit_status(call) -> int:
+    """Run `call()` for a command line: 0 on success; otherwise one `error: ...` line on stderr and 1 (130 when
+    interrupted), never a traceback. The callee has already removed anything half-written."""
+    try:
+        call()
+    except ConversionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure still gets a one-line reason
+        message = " ".join(str(exc).split())
+        print(f"error: {type(exc).__name__}: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # safetensors header dtype names -> torch dtypes.
 _SAFETENSORS_DTYPES = {
     "BOOL": torch.bool,

@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: make `conversion.*` importable
 
 import torch  # noqa: E402
 
-from conversion.checkpoint_io import ConversionError, parse_size  # noqa: E402
+from conversion.checkpoint_io import ConversionError, exit_status, parse_size  # noqa: E402
 from conversion.decoder_checkpoint import (  # noqa: E402
     PIXEL_COMPONENTS,
     plan_pixel,
@@ -177,20 +177,9 @@ def main(argv=None) -> int:
                              "the pixel side)")
     parser.add_argument("--quiet", action="store_true", help="print errors only")
     args = parser.parse_args(argv)
-    try:
-        convert(args.original, args.output, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                overwrite=args.overwrite, verify=args.verify, quiet=args.quiet, components=args.components)
-    except ConversionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # an unexpected failure still gets a one-line reason (and the cleanup above)
-        message = " ".join(str(exc).split())
-        print(f"error: {type(exc).__name__}: {message}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(lambda: convert(args.original, args.output, dtype=args.dtype,
+                                       max_shard_size=args.max_shard_size, overwrite=args.overwrite,
+                                       verify=args.verify, quiet=args.quiet, components=args.components))
 
 
 if __name__ == "__main__":

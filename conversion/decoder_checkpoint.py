@@ -29,7 +29,7 @@ from conversion.checkpoint_io import (
     write_shards,
 )
 from conversion.llm_checkpoint import _read_json
-from conversion.llm_weights import TargetTensor, build_tensor, dominant_dtype, output_dtype
+from conversion.llm_weights import build_tensor, dominant_dtype, plan_tensors
 from conversion.uni_checkpoint import IMAGE_TOKENIZER_DIR
 
 # --components name -> (source path relative to the root, pipeline component in hub_layout).
@@ -209,44 +209,6 @@ def _weights_name(folder: Path, names) -> str:
     if not found:
         raise ConversionError(f"no {' or '.join(names)} (or its .index.json) in {folder}")
     return found[0]
-
-
-def plan_tensors(source_info: dict, expected: dict, requested_dtype, label: str, class_name: str, renames=None):
-    """Map `source_info` ({key: (shape, dtype)}) onto `expected` ({name: shape}), renaming key prefixes by `renames`.
-
-    Returns the `TargetTensor`s in `expected` order. Raises `ConversionError` naming (by their source keys) every key
-    that maps to nothing, every expected tensor left unfilled and every shape mismatch.
-    """
-    renames = renames or {}
-    back = {new: old for old, new in renames.items()}
-
-    def rename(key, table):
-        prefix = next((p for p in table if key.startswith(p)), None)
-        return key if prefix is None else table[prefix] + key[len(prefix):]
-
-    unknown, mismatched, built, origin = [], [], {}, {}
-    for key, (shape, dtype) in source_info.items():
-        name = rename(key, renames)
-        if name in origin:
-            raise ConversionError(f"{label} holds both {origin[name]} and {key}, which are the same tensor {name}")
-        origin[name] = key
-        if name not in expected:
-            unknown.append(key)
-        elif tuple(shape) != tuple(expected[name]):
-            mismatched.append(f"{key} {list(shape)} (expected {list(expected[name])})")
-        else:
-            built[name] = TargetTensor(name, tuple(shape), output_dtype(name, dtype, requested_dtype), "copy", (key,))
-    missing = [rename(name, back) for name in expected if name not in origin]
-    problems = []
-    if unknown:
-        problems.append(f"{label} tensors that map to nothing in {class_name}: {_short_list(sorted(unknown))}")
-    if missing:
-        problems.append(f"tensors missing from {label}: {_short_list(missing)}")
-    if mismatched:
-        problems.append(f"shape mismatches in {label}: {_short_list(mismatched)}")
-    if problems:
-        raise ConversionError("; ".join(problems))
-    return [built[name] for name in expected]
 
 
 def write_pixel(parts, dst: Path, max_bytes: int, log) -> set:

@@ -32,6 +32,7 @@ from conversion.checkpoint_io import (  # noqa: E402
     _short_list,
     check_written,
     dtype_name,
+    exit_status,
     parse_size,
     plan_shards,
     write_shards,
@@ -216,7 +217,8 @@ def _plan_pixel(hf_dir: Path, requested, log, stack):
     from diffusers import AutoencoderKL, ZImageTransformer2DModel
 
     from conversion.decoder_checkpoint import DECODER_RENAMES as FORWARD_RENAMES
-    from conversion.decoder_checkpoint import meta_state_shapes, plan_tensors
+    from conversion.decoder_checkpoint import meta_state_shapes
+    from conversion.llm_weights import plan_tensors
     from diffusers_llada_uni.semantic_embedder import LLaDA2UniSemanticEmbedder
 
     classes = {"LLaDA2UniSemanticEmbedder": LLaDA2UniSemanticEmbedder,
@@ -395,20 +397,8 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     parser.add_argument("--quiet", action="store_true", help="print errors only")
     args = parser.parse_args(argv)
-    try:
-        export(args.hf, args.output, dtype=args.dtype, max_shard_size=args.max_shard_size, overwrite=args.overwrite,
-               quiet=args.quiet)
-    except ConversionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # an unexpected failure still gets a one-line reason (and the cleanup above)
-        message = " ".join(str(exc).split())
-        print(f"error: {type(exc).__name__}: {message}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(lambda: export(args.hf, args.output, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                                      overwrite=args.overwrite, quiet=args.quiet))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from conversion.llm_checkpoint import (
     write_weights,
 )
 from conversion.llm_fp8 import prepare_llm_fp8
-from conversion.llm_weights import TargetTensor, dominant_dtype, expected_llm_tensors, output_dtype
+from conversion.llm_weights import dominant_dtype, expected_llm_tensors, plan_tensors
 
 IMAGE_TOKENIZER_DIR = "image_tokenizer"
 # Original prefix -> our module prefix. Nothing else may appear in the image tokenizer's weights.
@@ -119,36 +119,10 @@ def plan_image_tokenizer_weights(source_info: dict, expected: dict, requested_dt
     Returns the `TargetTensor`s in `expected` order. Raises `ConversionError` naming every key with another prefix,
     every key that maps to nothing, every target left unfilled and every shape mismatch.
     """
-    foreign, unknown, mismatched, built, seen = [], [], [], {}, set()
-    for key, (shape, dtype) in source_info.items():
-        prefix = next((p for p in IMAGE_PREFIXES if key.startswith(p)), None)
-        if prefix is None:
-            foreign.append(key)
-            continue
-        name = IMAGE_PREFIXES[prefix] + key[len(prefix):]
-        seen.add(name)
-        if name not in expected:
-            unknown.append(key)
-        elif tuple(shape) != tuple(expected[name]):
-            mismatched.append(f"{key} {list(shape)} (expected {list(expected[name])})")
-        else:
-            built[name] = TargetTensor(name, tuple(shape), output_dtype(name, dtype, requested_dtype), "copy", (key,))
-    missing = [name for name in expected if name not in seen]
-    problems = []
+    foreign = sorted(key for key in source_info if not key.startswith(tuple(IMAGE_PREFIXES)))
     if foreign:
-        problems.append(f"{label} has tensors outside {' / '.join(IMAGE_PREFIXES)}: {_short_list(sorted(foreign))}")
-    if unknown:
-        problems.append(f"{label} tensors that map to nothing in the vision model / VQ model: "
-                        f"{_short_list(sorted(unknown))}")
-    if missing:
-        originals = {our: orig for orig, our in IMAGE_PREFIXES.items()}
-        names = [next(originals[p] + n[len(p):] for p in originals if n.startswith(p)) for n in missing]
-        problems.append(f"tensors missing from {label}: {_short_list(names)}")
-    if mismatched:
-        problems.append(f"shape mismatches in {label}: {_short_list(mismatched)}")
-    if problems:
-        raise ConversionError("; ".join(problems))
-    return [built[name] for name in expected]
+        raise ConversionError(f"{label} has tensors outside {' / '.join(IMAGE_PREFIXES)}: {_short_list(foreign)}")
+    return plan_tensors(source_info, expected, requested_dtype, label, "the vision model / VQ model", IMAGE_PREFIXES)
 
 
 def build_image_processor(folder: Path, vision_config, log):
