@@ -19,6 +19,7 @@ from .hub_layout import DECODER_DEFAULTS, DECODERS, check_decoder, default_sched
 from .loading import ComponentSource, decoder_component_names
 from .pipeline_llada2_uni_decoder import (
     OUTPUT_TYPES,
+    check_sampler_arguments,
     decode_latents,
     denoise,
     embed_image_tokens,
@@ -304,16 +305,8 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         defaults = DECODER_DEFAULTS[decoder]
         steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
         scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"`num_inference_steps` must be a positive int, got {steps!r}.")
-        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale < 1:
-            raise ValueError(f"`decoder_guidance_scale` must be a number >= 1 (1 disables the decoder's CFG), got "
-                             f"{scale!r}.")
-        _positive(resolution_multiplier, "resolution_multiplier")
-        unknown = [name for name in tensor_inputs if name not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(f"`callback_on_step_end_tensor_inputs` may name {self._callback_tensor_inputs}; got "
-                             f"{unknown}.")
+        check_sampler_arguments(steps, scale, resolution_multiplier, tensor_inputs, self._callback_tensor_inputs,
+                                guidance_name="decoder_guidance_scale")
         return {"decoder": decoder, "steps": steps, "scale": scale, "rm": resolution_multiplier,
                 "tensor_inputs": tuple(tensor_inputs)}
 

@@ -118,21 +118,12 @@ class LLaDA2UniDecoderPipeline(DiffusionPipeline):
         """Validate everything before any model runs; returns (codes [B, h*w], (h, w))."""
         image_tokens, grid_size = normalize_tokens(image_tokens, grid_size)
         grid = check_grid(image_tokens, grid_size, self.semantic_embedder.config.vocab_size)
-        if not _is_int(num_inference_steps) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be a positive int, got {num_inference_steps!r}.")
-        if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool) or guidance_scale < 1:
-            raise ValueError(f"`guidance_scale` must be a number >= 1 (1 disables classifier-free guidance; the "
-                             f"original's normal decoder uses 2.0), got {guidance_scale!r}.")
+        check_sampler_arguments(num_inference_steps, guidance_scale, resolution_multiplier,
+                                callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
         if cfg_normalization is not None and not (isinstance(cfg_normalization, (int, float)) and cfg_normalization > 0):
             raise ValueError(f"`cfg_normalization` must be None (no clamp) or a number > 0, got {cfg_normalization!r}.")
-        if not _is_int(resolution_multiplier) or resolution_multiplier < 1:
-            raise ValueError(f"`resolution_multiplier` must be a positive int, got {resolution_multiplier!r}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}.")
-        unknown = [k for k in callback_on_step_end_tensor_inputs or () if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(f"`callback_on_step_end_tensor_inputs` may name {self._callback_tensor_inputs}; got "
-                             f"{unknown}.")
         if latents is not None:
             expected = self.latent_shape(image_tokens.shape[0], grid, resolution_multiplier)
             shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else None
@@ -336,12 +327,28 @@ def normalize_tokens(image_tokens, grid_size):
     return image_tokens, grid_size
 
 
+def check_sampler_arguments(num_inference_steps, guidance_scale, resolution_multiplier, tensor_inputs, allowed,
+                            guidance_name: str = "guidance_scale"):
+    """The decoder call's numeric arguments, checked before any model runs (shared with LLaDA2UniPipeline)."""
+    if not _is_int(num_inference_steps) or num_inference_steps < 1:
+        raise ValueError(f"`num_inference_steps` must be a positive int, got {num_inference_steps!r}.")
+    if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool) or guidance_scale < 1:
+        raise ValueError(f"`{guidance_name}` must be a number >= 1 (1 disables the decoder's classifier-free guidance; "
+                         f"the original's normal decoder uses 2.0), got {guidance_scale!r}.")
+    if not _is_int(resolution_multiplier) or resolution_multiplier < 1:
+        raise ValueError(f"`resolution_multiplier` must be a positive int, got {resolution_multiplier!r}.")
+    unknown = [name for name in tensor_inputs or () if name not in allowed]
+    if unknown:
+        raise ValueError(f"`callback_on_step_end_tensor_inputs` may name {allowed}; got {unknown}.")
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 __all__ = [
     "LLaDA2UniDecoderPipeline",
+    "check_sampler_arguments",
     "decode_latents",
     "denoise",
     "embed_image_tokens",
