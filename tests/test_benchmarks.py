@@ -43,3 +43,11 @@ def test_bench_decoder_quick_runs():
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["normal_calls"] == 5 and summary["turbo_calls"] == 2
     assert summary["turbo_speedup"] > 1 and summary["pipeline_overhead"] > -0.5
+
+
+def test_bench_moe_quick_runs():
+    result = subprocess.run([sys.executable, "benchmarks/bench_moe.py", "--quick", "--threads", "1", "--repeats", "2"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["moe_vs_dense_time"] > 0 and summary["best_backend"] in ("grouped_mm", "loop")
