@@ -15,7 +15,14 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
-from .hub_layout import DECODER_DEFAULTS, DECODERS, check_decoder, default_scheduler, write_model_index
+from .hub_layout import (
+    DECODER_DEFAULTS,
+    DECODERS,
+    SUBFOLDERS,
+    check_decoder,
+    default_scheduler,
+    write_model_index,
+)
 from .loading import ComponentSource, decoder_component_names
 from .pipeline_llada2_uni_decoder import (
     OUTPUT_TYPES,
@@ -126,8 +133,6 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         """Write the converted-folder layout (model + processor at the root, pixel parts in subfolders, and
         model_index.json); `from_pretrained(save_directory)` reloads it. Stage-loaded models are loaded one at a
         time to be written."""
-        from .hub_layout import SUBFOLDERS
-
         present = []
         for name in SUBFOLDERS:
             if getattr(self, name, None) is None and name not in self._staged:
