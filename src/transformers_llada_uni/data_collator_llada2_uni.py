@@ -63,13 +63,14 @@ class LLaDA2UniDataCollator:
     def task_of(self, row: dict, index: int) -> str:
         if not isinstance(row, dict):
             raise ValueError(f"row {index}: expected a dict of fields, got {type(row).__name__}.")
-        if "messages" in row:
+        # A field counts when it holds something: rows of a `datasets` table carry every column, None where unused.
+        if _present(row, "messages"):
             return "text"
         has_image = _present(row, "image") or _present(row, "image_tokens")
         has_target = _present(row, "target_image") or _present(row, "target_image_tokens")
-        if "instruction" in row:
+        if _present(row, "instruction"):
             task = "editing"
-        elif "question" in row or "answer" in row:
+        elif _present(row, "question") or _present(row, "answer"):
             task = "understanding"
         elif has_target:
             task = "text-to-image"
@@ -82,7 +83,7 @@ class LLaDA2UniDataCollator:
             missing.append("target_image (or target_image_tokens)")
         if missing:
             raise ValueError(f"row {index} ({task}): missing or empty field(s) {', '.join(missing)}; fields given: "
-                             f"{', '.join(sorted(row))}.")
+                             f"{', '.join(sorted(k for k in row if _present(row, k))) or 'none'}.")
         return task
 
     def encode(self, row: dict, index: int = 0) -> dict:
@@ -114,7 +115,7 @@ class LLaDA2UniDataCollator:
         return self._with_image_target(batch["input_ids"][0], codes, pixels, index)
 
     def _text_prompt(self, row, index):
-        if "messages" in row:
+        if _present(row, "messages"):
             messages = row["messages"]
             if not messages or not isinstance(messages, list) or messages[-1].get("role") != "assistant":
                 raise ValueError(f"row {index} (text): `messages` must end with the assistant's turn.")
@@ -126,8 +127,8 @@ class LLaDA2UniDataCollator:
         return batch["input_ids"][0], row["response"]
 
     def _image_inputs(self, row, name, image_mode):
-        if _present(row, f"{name}_tokens"):
-            return {"image_tokens": [row[f"{name}_tokens"]]}
+        if _present(row, f"{name}_tokens"):  # as an (h, w, codes) triple: a `datasets` row holds nested lists
+            return {"image_tokens": [_grid_codes(row[f"{name}_tokens"])]}
         return {"images": [row[name]], "image_mode": image_mode}
 
     def _target(self, row, pixels):
