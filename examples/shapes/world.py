@@ -1,0 +1,208 @@
+"""The shapes world: scenes of one or two coloured shapes on a 64x64 image, and every text said about them.
+
+Rules that keep every text unambiguous (each question has exactly one answer, each edit exactly one target):
+
+* a scene holds 1 or 2 shapes; two shapes never share a colour (so "the red shape" always names one) nor a
+  position, and "center" is only used alone (a centred shape would sit 1 px from any other: blurred, the two
+  would merge, and their blend can read as a third colour);
+* two shapes may share a shape name; then they are referred to as "the red circle", otherwise as "the circle".
+
+The world is small and finite (`all_scenes()`: 1710 scenes), which is what lets a tiny model learn it on a CPU
+and lets the datasets hold out whole scenes. Texts are plain English over the fixed `VOCABULARY` (lower-cased:
+questions start with a capital, so a tokenizer built from it should lower-case its input).
+"""
+
+import json
+import random
+import re
+from dataclasses import asdict, dataclass
+from itertools import combinations, product
+from typing import List, Tuple
+
+from PIL import Image, ImageDraw
+
+# Far apart in RGB (closest pair, yellow/orange, is 90 apart) and far from the background, so the checker can name
+# each pixel by its nearest colour even after noise and blur.
+COLOURS = {
+    "red": (220, 20, 20), "green": (20, 160, 40), "blue": (30, 60, 220),
+    "yellow": (240, 210, 0), "purple": (140, 40, 190), "orange": (245, 120, 0),
+}
+SHAPES = ("circle", "square", "triangle")
+# Centres on the 64 px grid, symmetric about the image centre (31.5). Side 18 puts the left box at x 4..21, y 23..40
+# and the top box at x 23..40, y 4..21: any two non-center shapes are at least 1 px apart even at their corners, and
+# 4 px from the image border, which the checker reads as background.
+POSITIONS = {"left": (13, 32), "right": (51, 32), "top": (32, 13), "bottom": (32, 51), "center": (32, 32)}
+SHAPE_SIZE = 18
+BACKGROUND = (245, 245, 240)
+NUMBERS = {1: "one", 2: "two"}
+# "on the left" reads right, "on the top" does not.
+WHERE = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
+         "center": "in the center"}
+
+VOCABULARY = (
+    "a", "and", "the", "on", "at", "in", "to", "into", "?",
+    "left", "right", "top", "bottom", "center",
+    "red", "green", "blue", "yellow", "purple", "orange",
+    "circle", "square", "triangle",
+    "what", "where", "how", "many", "is", "are", "there", "colour", "shape", "shapes", "one", "two",
+    "make", "turn", "move",
+)
+
+
+@dataclass(frozen=True)
+class Shape:
+    colour: str
+    shape: str
+    position: str
+
+
+@dataclass(frozen=True)
+class Scene:
+    shapes: Tuple[Shape, ...]
+
+    def __post_init__(self):
+        # Canonical order (by position) makes equal scenes compare and hash equal and fixes the caption's order.
+        order = list(POSITIONS)
+        object.__setattr__(self, "shapes", tuple(sorted(self.shapes, key=lambda s: order.index(s.position))))
+        problem = _invalid(self.shapes)
+        if problem:
+            raise ValueError(f"invalid scene {self.shapes}: {problem}")
+
+    def to_json(self) -> str:
+        return json.dumps([asdict(s) for s in self.shapes])
+
+    @classmethod
+    def from_json(cls, text: str) -> "Scene":
+        return cls(tuple(Shape(**s) for s in json.loads(text)))
+
+
+def _invalid(shapes) -> str:
+    if not 1 <= len(shapes) <= 2:
+        return "a scene holds 1 or 2 shapes"
+    for s in shapes:
+        if s.colour not in COLOURS or s.shape not in SHAPES or s.position not in POSITIONS:
+            return f"unknown attribute in {s}"
+    if len({s.colour for s in shapes}) < len(shapes):
+        return "two shapes share a colour"
+    if len({s.position for s in shapes}) < len(shapes):
+        return "two shapes share a position"
+    if len(shapes) > 1 and any(s.position == "center" for s in shapes):
+        return "'center' is only used by a shape alone"
+    return ""
+
+
+def is_valid(shapes) -> bool:
+    return not _invalid(tuple(shapes))
+
+
+def all_scenes() -> List[Scene]:
+    """Every scene of the world, in a fixed order."""
+    singles = [Scene((Shape(c, s, p),)) for c, s, p in product(COLOURS, SHAPES, POSITIONS)]
+    pairs = []
+    for (c1, c2), (p1, p2) in product(combinations(COLOURS, 2), product(POSITIONS, repeat=2)):
+        if is_valid([Shape(c1, SHAPES[0], p1), Shape(c2, SHAPES[0], p2)]):
+            pairs += [Scene((Shape(c1, s1, p1), Shape(c2, s2, p2))) for s1, s2 in product(SHAPES, repeat=2)]
+    return singles + pairs
+
+
+def random_scene(rng: random.Random, max_shapes: int = 2) -> Scene:
+    """A scene with 1..max_shapes shapes (count uniform, then attributes uniform among valid ones)."""
+    if max_shapes not in (1, 2):
+        raise ValueError(f"a scene holds 1 or 2 shapes; max_shapes={max_shapes}")
+    count = rng.randint(1, max_shapes)
+    colours = rng.sample(list(COLOURS), count)
+    positions = rng.sample(list(POSITIONS) if count == 1 else [p for p in POSITIONS if p != "center"], count)
+    return Scene(tuple(Shape(c, rng.choice(SHAPES), p) for c, p in zip(colours, positions)))
+
+
+def render(scene: Scene, size: int = 64) -> Image.Image:
+    """The scene as an RGB image; ImageDraw does not anti-alias, so every pixel is the background or a named colour."""
+    image = Image.new("RGB", (size, size), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    scale = size / 64
+    side = round(SHAPE_SIZE * scale)
+    for s in scene.shapes:
+        cx, cy = (round(v * scale) for v in POSITIONS[s.position])
+        x0, y0 = cx - side // 2, cy - side // 2
+        x1, y1 = x0 + side - 1, y0 + side - 1  # PIL boxes are inclusive
+        fill = COLOURS[s.colour]
+        if s.shape == "circle":
+            draw.ellipse([x0, y0, x1, y1], fill=fill)
+        elif s.shape == "square":
+            draw.rectangle([x0, y0, x1, y1], fill=fill)
+        else:
+            draw.polygon([((x0 + x1) / 2, y0), (x0, y1), (x1, y1)], fill=fill)
+    return image
+
+
+# ---------------------------------------------------------------------------------------------------- texts
+
+def words(text: str) -> List[str]:
+    """The text's tokens as VOCABULARY spells them (lower case, "?" on its own)."""
+    return re.findall(r"[a-z]+|\?", text.lower())
+
+
+def _describe(s: Shape) -> str:
+    return f"a {s.colour} {s.shape} {WHERE[s.position]}"
+
+
+def caption(scene: Scene) -> str:
+    return " and ".join(_describe(s) for s in scene.shapes)
+
+
+def _shape_unique(scene: Scene, s: Shape) -> bool:
+    return sum(o.shape == s.shape for o in scene.shapes) == 1
+
+
+def reference(scene: Scene, s: Shape) -> str:
+    """The shortest unambiguous noun phrase for `s` in `scene`."""
+    return f"the {s.shape}" if _shape_unique(scene, s) else f"the {s.colour} {s.shape}"
+
+
+def questions(scene: Scene) -> List[Tuple[str, str]]:
+    """(question, one-word answer) pairs; only questions whose answer the scene fixes (and does not give away)."""
+    out = []
+    for s in scene.shapes:
+        if _shape_unique(scene, s):
+            out += [(f"What colour is the {s.shape}?", s.colour), (f"Where is the {s.shape}?", s.position)]
+        out += [
+            (f"What colour is the shape {WHERE[s.position]}?", s.colour),
+            (f"What shape is {WHERE[s.position]}?", s.shape),
+            (f"What shape is {s.colour}?", s.shape),
+            (f"Where is the {s.colour} shape?", s.position),
+        ]
+    out.append(("How many shapes are there?", NUMBERS[len(scene.shapes)]))
+    return out
+
+
+def edits(scene: Scene, rng: random.Random) -> List[Tuple[str, Scene]]:
+    """One colour, one shape and one position edit (each where a valid one exists) of a random shape of the scene."""
+    out = []
+    for attribute in ("colour", "shape", "position"):
+        options = []
+        for i, s in enumerate(scene.shapes):
+            values = {"colour": COLOURS, "shape": SHAPES, "position": POSITIONS}[attribute]
+            for value in values:
+                if value == getattr(s, attribute):
+                    continue
+                changed = Shape(**{**asdict(s), attribute: value})
+                others = [o for j, o in enumerate(scene.shapes) if j != i]
+                if is_valid(others + [changed]):
+                    options.append((s, changed, value))
+        if not options:
+            continue
+        s, changed, value = rng.choice(options)
+        edited = Scene(tuple(changed if o == s else o for o in scene.shapes))
+        ref = reference(scene, s)
+        text = {"colour": f"make {ref} {value}", "shape": f"turn {ref} into a {value}",
+                "position": f"move {ref} to the {value}"}[attribute]
+        out.append((text, edited))
+    return out
+
+
+def changed_attribute(source: Scene, target: Scene) -> str:
+    """"colour", "shape" or "position": what an edit from `source` to `target` changed."""
+    (before,) = [s for s in source.shapes if s not in target.shapes]
+    (after,) = [s for s in target.shapes if s not in source.shapes]
+    (attribute,) = [a for a in ("colour", "shape", "position") if getattr(before, a) != getattr(after, a)]
+    return attribute
