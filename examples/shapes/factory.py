@@ -1,0 +1,142 @@
+"""Build an untrained tiny LLaDA2.0-Uni of the real architecture for the shapes world, every part from scratch.
+
+Same classes as the 16B release, small sizes: a word-level tokenizer with the release's special tokens, the SigLIP-VQ
+image tokenizer (`GlmImageVisionModel` + `GlmImageVQVAE`, 16 px patches), the MoE diffusion LLM, the SigVQ embedder,
+a Z-Image decoder (diffusers `ZImageTransformer2DModel`) and an `AutoencoderKL`. The training scripts in this folder
+start from it; `save_pipeline` writes the converted-folder layout that `LLaDA2UniPipeline.from_pretrained` reads.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|mask|>", "<|image|>", "<|/image|>", "<boi>", "<uncondition>",
+            "<role>", "</role>", "<|role_end|>"]
+NUM_RESERVED = 17  # grid sides 0..16 tokens
+# Words of the processor's templates (system prompts, roles): they must tokenize to known ids.
+TEMPLATE_WORDS = ("SYSTEM HUMAN ASSISTANT You are a an text - to image generation assistant . multimodal understanding "
+                  "editing with thinking process interleaved").split()
+
+
+@dataclass
+class ShapesModelSizes:
+    """Sizes of every part (defaults: a few MB of weights in all, trainable on 2 CPU cores)."""
+
+    codebook_size: int = 256
+    image_size: int = 64  # pixels a side; 16 px patches -> a 4 x 4 token grid
+    hidden_size: int = 128
+    layers: int = 4
+    experts: int = 8
+    experts_per_token: int = 2
+    expert_size: int = 64
+    vision_hidden: int = 64
+    vision_depth: int = 2
+    cap_dim: int = 64
+    decoder_dim: int = 64
+    decoder_layers: int = 2
+    vae_channels: tuple = field(default=(16, 32, 32, 32))
+
+
+def build_tokenizer(words) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over `words` + the template words, with the release's special and reserved tokens."""
+    specials = SPECIALS + [f"<|reserved_token_{n}|>" for n in range(NUM_RESERVED)]
+    vocabulary = ["[UNK]"] + sorted({w.lower() for w in words} | {w.lower() for w in TEMPLATE_WORDS})
+    vocab = {token: i for i, token in enumerate(vocabulary + specials)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    # Questions start with a capital; one lower-case vocabulary serves every text (special tokens are not normalised).
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token="<|startoftext|>",
+                                   eos_token="<|endoftext|>", pad_token="<|endoftext|>", mask_token="<|mask|>")
+
+
+def build_processor(tokenizer, sizes: ShapesModelSizes):
+    from transformers_llada_uni import LLaDA2UniImageProcessor, LLaDA2UniProcessor
+
+    # Every path keeps a shapes image at its own size: one 16 px patch per token, a 4 x 4 grid for 64 px (the release
+    # resizes understanding inputs to >= 128 px and edit sources to ~512 px, far beyond this world's images).
+    area = sizes.image_size ** 2
+    image_processor = LLaDA2UniImageProcessor(min_pixels=area, max_pixels=area, edit_max_cells=area // 32 ** 2)
+    return LLaDA2UniProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                              image_token_offset=len(tokenizer), codebook_size=sizes.codebook_size)
+
+
+def build_model(tokenizer, sizes: ShapesModelSizes, seed: int = 0):
+    """The composite `LLaDA2UniForConditionalGeneration`; image codes follow the text vocabulary."""
+    from transformers_llada_uni import LLaDA2UniConfig, LLaDA2UniForConditionalGeneration
+
+    vocab = tokenizer.get_vocab()
+    heads = max(sizes.hidden_size // 32, 2)
+    text_config = dict(
+        vocab_size=len(tokenizer) + sizes.codebook_size, hidden_size=sizes.hidden_size,
+        intermediate_size=2 * sizes.hidden_size, moe_intermediate_size=sizes.expert_size,
+        num_hidden_layers=sizes.layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
+        head_dim=sizes.hidden_size // heads, num_experts=sizes.experts, num_experts_per_tok=sizes.experts_per_token,
+        n_group=2, topk_group=2, max_position_embeddings=512, block_length=16,
+        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"], mask_token_id=vocab["<|mask|>"],
+    )
+    config = LLaDA2UniConfig(
+        text_config=text_config,
+        vision_config=dict(hidden_size=sizes.vision_hidden, intermediate_size=2 * sizes.vision_hidden,
+                           num_heads=2, depth=sizes.vision_depth, patch_size=16, image_size=sizes.image_size),
+        vq_config=dict(num_embeddings=sizes.codebook_size, embed_dim=16, latent_channels=sizes.vision_hidden),
+        image_token_offset=len(tokenizer), image_start_token_id=vocab["<|image|>"],
+        image_end_token_id=vocab["<|/image|>"], boi_token_id=vocab["<boi>"],
+        uncondition_token_id=vocab["<uncondition>"], reserved_token_start_id=vocab["<|reserved_token_0|>"],
+        num_reserved_tokens=NUM_RESERVED,
+    )
+    torch.manual_seed(seed)
+    return LLaDA2UniForConditionalGeneration(config)
+
+
+def build_pixel_side(sizes: ShapesModelSizes, seed: int = 0) -> dict:
+    """Semantic embedder, normal and turbo decoders (same shape), VAE and both schedulers."""
+    from diffusers import AutoencoderKL, ZImageTransformer2DModel
+
+    from diffusers_llada_uni import LLaDA2UniSemanticEmbedder
+    from diffusers_llada_uni.hub_layout import default_scheduler
+
+    torch.manual_seed(seed)
+    head_dim = sizes.decoder_dim // 2
+    axes = [head_dim // 4, 3 * head_dim // 8, head_dim - head_dim // 4 - 3 * head_dim // 8]
+
+    def decoder():
+        model = ZImageTransformer2DModel(dim=sizes.decoder_dim, n_layers=sizes.decoder_layers, n_refiner_layers=1,
+                                         n_heads=2, n_kv_heads=2, cap_feat_dim=sizes.cap_dim, axes_dims=axes,
+                                         axes_lens=[32768, 1024, 1024])
+        with torch.no_grad():  # the constructor leaves the pad tokens uninitialised
+            model.x_pad_token.normal_(0, 0.02)
+            model.cap_pad_token.normal_(0, 0.02)
+        return model
+
+    blocks = len(sizes.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=sizes.vae_channels, layers_per_block=1,
+        down_block_types=["DownEncoderBlock2D"] * blocks, up_block_types=["UpDecoderBlock2D"] * blocks,
+        norm_num_groups=min(sizes.vae_channels[0], 32), scaling_factor=0.3611, shift_factor=0.1159,
+        use_quant_conv=False, use_post_quant_conv=False,
+    )
+    normal = decoder()
+    return {
+        "semantic_embedder": LLaDA2UniSemanticEmbedder(vocab_size=sizes.codebook_size, embedding_dim=sizes.cap_dim),
+        "transformer": normal, "transformer_turbo": decoder(), "vae": vae,
+        "scheduler": default_scheduler("normal"), "scheduler_turbo": default_scheduler("turbo"),
+    }
+
+
+def save_pipeline(folder, processor, model, pixel_parts: dict) -> Path:
+    """Write everything as one converted folder (model + processor at the root, pixel parts in subfolders)."""
+    from diffusers_llada_uni import LLaDA2UniPipeline
+
+    pipe = LLaDA2UniPipeline(processor=processor, mllm=model, **pixel_parts)
+    pipe.save_pretrained(folder)
+    return Path(folder)
+
+
+__all__ = ["ShapesModelSizes", "build_model", "build_pixel_side", "build_processor", "build_tokenizer",
+           "save_pipeline"]

@@ -1,0 +1,56 @@
+"""Stage 4: the MoE diffusion LLM on the three tasks, with the project's own collator, objective and `Trainer`.
+
+Every image enters as its codes from the (frozen) stage-1 tokenizer, so the vision tower does not run per step: rows
+carry `image_tokens` / `target_image_tokens`. Rows: one caption per scene (text-to-image), every question of the scene
+(understanding) and its edits (editing); a tenth of the text-to-image and editing rows have their text replaced by
+`<uncondition>`, which is what the unconditional branch of classifier-free guidance feeds the model.
+"""
+
+import random
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from examples.shapes.world import caption, edits, questions
+from transformers_llada_uni import LLaDA2UniDataCollator
+
+UNCONDITION = "<uncondition>"
+
+
+def task_rows(scenes, codes_of, *, uncondition_rate=0.1, seed=0) -> list:
+    """Collator rows for `scenes`; `codes_of(scene)` gives its 4 x 4 code grid as a dict (token_ids, h, w)."""
+    rng = random.Random(seed)
+    rows = []
+    for scene in scenes:
+        codes = codes_of(scene)
+        text = UNCONDITION if rng.random() < uncondition_rate else caption(scene)
+        rows.append({"prompt": text, "target_image_tokens": codes})
+        rows += [{"image_tokens": codes, "question": q, "answer": a} for q, a in questions(scene)]
+        for instruction, edited in edits(scene, rng):
+            text = UNCONDITION if rng.random() < uncondition_rate else instruction
+            rows.append({"image_tokens": codes, "instruction": text, "target_image_tokens": codes_of(edited)})
+    rng.shuffle(rows)
+    return rows
+
+
+def train_llm(model, processor, rows, output_dir, *, steps=3000, batch_size=32, lr=2e-3, seed=0):
+    """Full training of the backbone (the vision tokenizer stays frozen) with the stock Trainer; returns its logs."""
+    text_config = model.config.get_text_config()
+    text_config.diffusion_training = {"mask_ratio_min": 0.05, "mask_ratio_max": 1.0, "loss_weighting": "inverse_t"}
+    for module in (model.visual, model.vqmodel):
+        module.requires_grad_(False)
+    collator = LLaDA2UniDataCollator(processor, block_length=text_config.block_length)
+    args = TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=lr,
+        lr_scheduler_type="cosine", warmup_steps=min(100, steps // 10), weight_decay=0.0, logging_steps=100,
+        save_strategy="no", report_to=[], remove_unused_columns=False, use_cpu=True, seed=seed,
+        dataloader_num_workers=0,
+    )
+    torch.manual_seed(seed)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
+    trainer.train()
+    model.eval()
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+__all__ = ["task_rows", "train_llm"]

@@ -1,0 +1,36 @@
+"""The untrained tiny LLaDA2.0-Uni of the shapes world: built from scratch with the release's classes, saved as one
+converted folder, and run through LLaDA2UniPipeline for all three tasks at the shapes world's 64 px."""
+
+import torch
+
+from examples.shapes.factory import (
+    ShapesModelSizes,
+    build_model,
+    build_pixel_side,
+    build_processor,
+    build_tokenizer,
+    save_pipeline,
+)
+from examples.shapes.world import VOCABULARY, Scene, Shape, caption, render
+
+
+def test_factory_model_runs_every_task(tmp_path):
+    from diffusers_llada_uni import LLaDA2UniPipeline
+
+    sizes = ShapesModelSizes()
+    tokenizer = build_tokenizer(VOCABULARY)
+    assert "[UNK]" not in tokenizer.convert_ids_to_tokens(tokenizer("What colour is the circle?")["input_ids"])
+    processor = build_processor(tokenizer, sizes)
+    folder = save_pipeline(tmp_path / "shapes", processor, build_model(tokenizer, sizes), build_pixel_side(sizes))
+    pipe = LLaDA2UniPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    scene = Scene((Shape("red", "circle", "left"),))
+    image = render(scene)
+    settings = {"block_length": 16, "resolution_multiplier": 1, "num_inference_steps": 2,
+                "generator": torch.Generator().manual_seed(0)}
+    drawn = pipe(caption(scene), height=64, width=64, **settings)
+    assert drawn.images[0].size == (64, 64) and drawn.image_tokens[0]["h"] == 4
+    edited = pipe(image=image, instruction="make the circle blue", **settings)
+    assert edited.images[0].size == (64, 64) and edited.image_tokens[0]["token_ids"].numel() == 16
+    answer = pipe(image=image, question="What colour is the circle?", max_new_tokens=16, block_length=16)
+    assert isinstance(answer.text[0], str)
