@@ -34,3 +34,18 @@ def test_factory_model_runs_every_task(tmp_path):
     assert edited.images[0].size == (64, 64) and edited.image_tokens[0]["token_ids"].numel() == 16
     answer = pipe(image=image, question="What colour is the circle?", max_new_tokens=16, block_length=16)
     assert isinstance(answer.text[0], str)
+
+
+def test_eval_shapes_reports_every_key(tmp_path, capsys):
+    import json
+
+    from benchmarks.eval_shapes import main
+
+    sizes = ShapesModelSizes()
+    tokenizer = build_tokenizer(VOCABULARY)
+    folder = save_pipeline(tmp_path / "shapes", build_processor(tokenizer, sizes), build_model(tokenizer, sizes),
+                           build_pixel_side(sizes))
+    assert main(["--model", str(folder), "--limit", "2", "--split", "validation"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary) == {"t2i_color", "t2i_shape", "t2i_position", "understanding", "editing", "tpf_0.9"}
+    assert all(0.0 <= summary[k] <= 1.0 for k in summary if k != "tpf_0.9") and summary["tpf_0.9"] > 0

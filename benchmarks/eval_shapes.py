@@ -1,0 +1,130 @@
+"""Score a shapes-world model on held-out scenes (no model judges another: the checker measures pixels).
+
+    python benchmarks/eval_shapes.py --model shapes-model              # the test split of examples/shapes
+    python benchmarks/eval_shapes.py --model shapes-model --limit 20   # a quick look
+
+Text-to-image: the caption of each test scene -> image (turbo decoder) -> `checker.score_t2i` (colour, shape,
+position). Understanding: every question of each test scene, exact match of the answer. Editing: each edit of each
+test scene -> `checker.score_edit` (the asked attribute changed, the rest kept). Tokens per forward pass of
+text-to-image token generation at thresholds 0.95 / 0.9 / 0.7. The last line is one JSON object with `t2i_color`,
+`t2i_shape`, `t2i_position`, `understanding`, `editing` and `tpf_0.9`.
+"""
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+import torch  # noqa: E402
+
+from examples.shapes.checker import score_edit, score_t2i  # noqa: E402
+from examples.shapes.dataset import split_scenes  # noqa: E402
+from examples.shapes.world import caption, edits, questions, render  # noqa: E402
+
+SETTINGS = {"block_length": 16, "resolution_multiplier": 1, "decoder": "turbo"}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a trained shapes model folder (examples/shapes/build.py)")
+    parser.add_argument("--split", default="test", choices=("validation", "test"))
+    parser.add_argument("--limit", type=int, default=None, help="at most this many scenes")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0, help="the split seed the model was built with")
+    parser.add_argument("--threads", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def evaluate_t2i(pipe, scenes, batch_size):
+    hits = {"color": 0, "shape": 0, "position": 0}
+    for start in range(0, len(scenes), batch_size):
+        chunk = scenes[start : start + batch_size]
+        images = pipe([caption(s) for s in chunk], height=64, width=64, generator=torch.Generator().manual_seed(0),
+                      **SETTINGS).images
+        for scene, image in zip(chunk, images):
+            scores = score_t2i(image, scene)
+            for key in hits:
+                hits[key] += int(scores[key])
+    return {key: value / len(scenes) for key, value in hits.items()}
+
+
+def evaluate_understanding(pipe, scenes, batch_size):
+    pairs = [(scene, q, a) for scene in scenes for q, a in questions(scene)]
+    correct = 0
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        answers = pipe(image=[render(s) for s, _, _ in chunk], question=[q for _, q, _ in chunk],
+                       max_new_tokens=16, block_length=16).text
+        correct += sum(answer.strip().lower() == truth for answer, (_, _, truth) in zip(answers, chunk))
+    return correct / len(pairs), len(pairs)
+
+
+def evaluate_editing(pipe, scenes):
+    rng = random.Random(0)
+    cases = [(scene, text, target) for scene in scenes for text, target in edits(scene, rng)]
+    done = 0
+    for scene, text, target in cases:
+        image = pipe(image=render(scene), instruction=text, generator=torch.Generator().manual_seed(0),
+                     **SETTINGS).images[0]
+        done += int(score_edit(scene, target, image))
+    return done / len(cases), len(cases)
+
+
+def tokens_per_forward(pipe, scenes, threshold):
+    processor, model = pipe.processor, pipe.mllm
+    batch = processor(text=[caption(s) for s in scenes], mode="t2i", grid=(4, 4))
+    result = model.generate_image_tokens(batch["input_ids"], attention_mask=batch["attention_mask"],
+                                         uncond_input_ids=batch["uncond_input_ids"],
+                                         uncond_attention_mask=batch["uncond_attention_mask"], height=4, width=4,
+                                         cfg_scale=2.0, steps=16, block_length=16, threshold=threshold)
+    # Every row of the batch advances in the same forward passes, so this is tokens per pass per image.
+    return 16 / result["num_forward_passes"]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from diffusers_llada_uni import LLaDA2UniPipeline
+
+    if not os.path.isdir(args.model):
+        print(f"error: --model {args.model} is not a folder", file=sys.stderr)
+        return 2
+    pipe = LLaDA2UniPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    scenes = split_scenes(seed=args.seed)[args.split][: args.limit]
+    timings, result = {}, {}
+    start = time.time()
+    t2i = evaluate_t2i(pipe, scenes, args.batch_size)
+    timings["t2i"] = time.time() - start
+    start = time.time()
+    result["understanding"], questions_count = evaluate_understanding(pipe, scenes, args.batch_size)
+    timings["understanding"] = time.time() - start
+    start = time.time()
+    result["editing"], edits_count = evaluate_editing(pipe, scenes)
+    timings["editing"] = time.time() - start
+    tpf = {threshold: tokens_per_forward(pipe, scenes[:8], threshold) for threshold in (0.95, 0.9, 0.7)}
+    print(f"{len(scenes)} {args.split} scenes, {questions_count} questions, {edits_count} edits")
+    print("| task | score | wall time |")
+    print("|---|---|---|")
+    for key in ("color", "shape", "position"):
+        print(f"| text-to-image {key} | {t2i[key]:.3f} | |")
+    print(f"| text-to-image (all) | | {timings['t2i']:.1f} s |")
+    print(f"| understanding exact match | {result['understanding']:.3f} | {timings['understanding']:.1f} s |")
+    print(f"| editing success | {result['editing']:.3f} | {timings['editing']:.1f} s |")
+    for threshold, value in tpf.items():
+        print(f"| tokens per forward, threshold {threshold} | {value:.2f} | |")
+    summary = {"t2i_color": t2i["color"], "t2i_shape": t2i["shape"], "t2i_position": t2i["position"],
+               "understanding": result["understanding"], "editing": result["editing"], "tpf_0.9": tpf[0.9]}
+    print(json.dumps({key: round(value, 4) for key, value in summary.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
