@@ -218,6 +218,13 @@ def _short_list(names, limit=8):
     return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
+def raise_problems(problems, suffix: str = ""):
+    """`problems` = [(what, offending names), ...]: raise one `ConversionError` listing every non-empty group."""
+    found = [f"{what}: {_short_list(names)}" for what, names in problems if names]
+    if found:
+        raise ConversionError("; ".join(found) + suffix)
+
+
 def plan_shards(sizes, max_bytes: int):
     """Split `[(name, nbytes), ...]` (in order) into shards of at most `max_bytes`; a bigger tensor gets its own."""
     shards, current, current_size = [], [], 0

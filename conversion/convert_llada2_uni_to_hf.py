@@ -31,7 +31,7 @@ from conversion.decoder_checkpoint import (  # noqa: E402
     write_pixel,
 )
 from conversion.llm_checkpoint import convert_llm, verify_llm  # noqa: E402
-from conversion.staging import staged_output  # noqa: E402
+from conversion.staging import check_paths, staged_output  # noqa: E402
 from conversion.uni_checkpoint import IMAGE_TOKENIZER_DIR, convert_uni, verify_uni  # noqa: E402
 
 DTYPES = {"keep": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
@@ -98,22 +98,6 @@ def _resolve_dtype(dtype):
     return DTYPES[key]
 
 
-def _check_paths(original: Path, output: Path, overwrite: bool):
-    if not original.exists():
-        raise ConversionError(f"--original {original} does not exist")
-    if not original.is_dir():
-        raise ConversionError(f"--original {original} is not a folder")
-    # Compare real locations: a symlinked parent folder must not hide that the output lies inside the source.
-    real_output = output.parent.resolve() / output.name
-    if real_output == original or real_output in original.parents or original in real_output.parents:
-        raise ConversionError(f"--output {output} must not be, contain or lie inside --original {original}")
-    if output.exists() or output.is_symlink():
-        if not overwrite:
-            raise ConversionError(f"--output {output} already exists (pass --overwrite to replace it)")
-        if not output.is_dir():
-            raise ConversionError(f"--output {output} exists and is not a folder; remove it yourself")
-
-
 def convert(original, output, *, dtype="keep", max_shard_size="5GB", overwrite=False, verify=False, quiet=False,
             components=None):
     """Convert the original checkpoint folder `original` into `output`; returns the output `Path`.
@@ -141,7 +125,7 @@ def convert(original, output, *, dtype="keep", max_shard_size="5GB", overwrite=F
     original = Path(original).expanduser().resolve()
     output = Path(os.path.abspath(Path(output).expanduser()))
     options = {"dtype": _resolve_dtype(dtype), "max_bytes": parse_size(max_shard_size), "verify": verify}
-    _check_paths(original, output, overwrite)
+    check_paths(original, "--original", output, overwrite)
     options["components"] = _resolve_components(original, components)
 
     with staged_output(output, "converting") as staging:

@@ -57,7 +57,7 @@ from conversion.original_layout import (  # noqa: E402
     plan_llm_export,
     plan_renamed,
 )
-from conversion.staging import staged_output  # noqa: E402
+from conversion.staging import check_paths, staged_output  # noqa: E402
 
 DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 ROOT_WEIGHTS_NAME = "model.safetensors"
@@ -327,22 +327,6 @@ def _copy_tokenizer(hf_dir: Path, staging: Path, composite_with_processor: bool,
     log(f"tokenizer: {', '.join(copied)}" if copied else f"note: no tokenizer files in {hf_dir}; the export has none")
 
 
-def _check_paths(hf_dir: Path, output: Path, overwrite: bool):
-    if not hf_dir.exists():
-        raise ConversionError(f"--hf {hf_dir} does not exist")
-    if not hf_dir.is_dir():
-        raise ConversionError(f"--hf {hf_dir} is not a folder")
-    # Compare real locations: a symlinked parent folder must not hide that the output lies inside the source.
-    real_output = output.parent.resolve() / output.name
-    if real_output == hf_dir or real_output in hf_dir.parents or hf_dir in real_output.parents:
-        raise ConversionError(f"--output {output} must not be, contain or lie inside --hf {hf_dir}")
-    if output.exists() or output.is_symlink():
-        if not overwrite:
-            raise ConversionError(f"--output {output} already exists (pass --overwrite to replace it)")
-        if not output.is_dir():
-            raise ConversionError(f"--output {output} exists and is not a folder; remove it yourself")
-
-
 def export(hf_dir, output, *, dtype="keep", max_shard_size="5GB", overwrite=False, quiet=False):
     """Export the converted folder `hf_dir` to the original LLaDA2 / LLaDA2.0-Uni layout in `output`; returns its Path.
 
@@ -364,7 +348,7 @@ def export(hf_dir, output, *, dtype="keep", max_shard_size="5GB", overwrite=Fals
     output = Path(os.path.abspath(Path(output).expanduser()))
     requested = _resolve_dtype(dtype)
     max_bytes = parse_size(max_shard_size)
-    _check_paths(hf_dir, output, overwrite)
+    check_paths(hf_dir, "--hf", output, overwrite)
 
     with staged_output(output, "exporting") as staging:
         log(f"exporting {hf_dir} -> {output} (original layout)")

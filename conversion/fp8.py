@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from conversion.checkpoint_io import ConversionError, _short_list
+from conversion.checkpoint_io import ConversionError, raise_problems
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 SCALE_SUFFIXES = ("weight_scale_inv", "weight_scale")
@@ -72,16 +72,10 @@ def plan_fp8(source_info: dict, config_dict: dict, label: str) -> Fp8Plan:
         plan.weights[key] = Fp8Weight(scale_key, block)
         plan.scale_keys.add(scale_key)
     orphans = [key for key in source_info if key.endswith(SCALE_SUFFIXES) and key not in plan.scale_keys]
-    problems = []
-    if unpaired:
-        problems.append(f"float8 weights without a `weight_scale_inv` / `weight_scale` beside them: "
-                        f"{_short_list(sorted(unpaired))}")
-    if bad:
-        problems.append(f"scales whose shape fits no known FP8 layout: {_short_list(bad)}")
-    if orphans:
-        problems.append(f"scales of no float8 weight: {_short_list(sorted(orphans))}")
-    if problems:
-        raise ConversionError(f"{label}: " + "; ".join(problems))
+    raise_problems([(f"{label}: float8 weights without a `weight_scale_inv` / `weight_scale` beside them",
+                     sorted(unpaired)),
+                    (f"{label}: scales whose shape fits no known FP8 layout", bad),
+                    (f"{label}: scales of no float8 weight", sorted(orphans))])
     return plan
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from conversion.checkpoint_io import ConversionError, _short_list, dtype_name, nbytes
+from conversion.checkpoint_io import ConversionError, _short_list, dtype_name, nbytes, raise_problems
 from conversion.fp8 import FP8_DTYPES
 
 EXPERT_KEY = re.compile(
@@ -155,15 +155,8 @@ def plan_llm_weights(source_info: dict, expected: dict, requested_dtype):
         notes.append(f"{len(optional)} MoE layer(s) have no `expert_bias` in the source; the model's zero "
                      f"initialisation stands for them ({_short_list(optional, 2)})")
 
-    problems = []
-    if unknown:
-        problems.append(f"source tensors that map to nothing in LLaDA2MoeForCausalLM: {_short_list(sorted(unknown))}")
-    if missing:
-        problems.append(f"tensors missing from the source: {_short_list(missing)}")
-    if mismatched:
-        problems.append(f"shape/dtype mismatches: {_short_list(mismatched)}")
-    if problems:
-        raise ConversionError("; ".join(problems))
+    raise_problems([("source tensors that map to nothing in LLaDA2MoeForCausalLM", sorted(unknown)),
+                    ("tensors missing from the source", missing), ("shape/dtype mismatches", mismatched)])
     return [built[name] for name in expected if name in built], notes
 
 
@@ -193,15 +186,8 @@ def plan_tensors(source_info: dict, expected: dict, requested_dtype, label: str,
         else:
             built[name] = TargetTensor(name, tuple(shape), output_dtype(name, dtype, requested_dtype), "copy", (key,))
     missing = [rename(name, back) for name in expected if name not in origin]
-    problems = []
-    if unknown:
-        problems.append(f"{label} tensors that map to nothing in {class_name}: {_short_list(sorted(unknown))}")
-    if missing:
-        problems.append(f"tensors missing from {label}: {_short_list(missing)}")
-    if mismatched:
-        problems.append(f"shape mismatches in {label}: {_short_list(mismatched)}")
-    if problems:
-        raise ConversionError("; ".join(problems))
+    raise_problems([(f"{label} tensors that map to nothing in {class_name}", sorted(unknown)),
+                    (f"tensors missing from {label}", missing), (f"shape mismatches in {label}", mismatched)])
     return [built[name] for name in expected]
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from conversion.checkpoint_io import ConversionError, _short_list, nbytes
+from conversion.checkpoint_io import ConversionError, _short_list, nbytes, raise_problems
 from conversion.llm_weights import EXPERT_KEY, OPTIONAL_KEY, output_dtype
 
 # --- root config.json -------------------------------------------------------------------------------------------------
@@ -254,15 +254,9 @@ def check_against_model(info: dict, expected: dict, label: str, class_name: str,
     missing = [key for key in expected if key not in info and not (optional and optional.search(key))]
     mismatched = [f"{key} {list(info[key][0])} (expected {list(shape)})" for key, shape in expected.items()
                   if key in info and tuple(info[key][0]) != tuple(shape)]
-    problems = []
-    if unknown:
-        problems.append(f"{label} tensors that are not in {class_name}: {_short_list(unknown)}")
-    if missing:
-        problems.append(f"tensors missing from {label}: {_short_list(missing)}")
-    if mismatched:
-        problems.append(f"shape mismatches in {label}: {_short_list(mismatched)}")
-    if problems:
-        raise ConversionError("; ".join(problems) + " (is it a converted LLaDA2 checkpoint?)")
+    raise_problems([(f"{label} tensors that are not in {class_name}", unknown),
+                    (f"tensors missing from {label}", missing), (f"shape mismatches in {label}", mismatched)],
+                   suffix=" (is it a converted LLaDA2 checkpoint?)")
 
 
 def plan_llm_export(info: dict, order, requested_dtype, fp8_source: dict = None):

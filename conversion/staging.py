@@ -9,6 +9,25 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from conversion.checkpoint_io import ConversionError
+
+
+def check_paths(source: Path, source_option: str, output: Path, overwrite: bool):
+    """Refuse a missing source folder, an output inside / around / equal to it (through symlinked parents too), and
+    an existing output unless `overwrite`; `source_option` names the command-line option in the messages."""
+    if not source.exists():
+        raise ConversionError(f"{source_option} {source} does not exist")
+    if not source.is_dir():
+        raise ConversionError(f"{source_option} {source} is not a folder")
+    real_output = output.parent.resolve() / output.name
+    if real_output == source or real_output in source.parents or source in real_output.parents:
+        raise ConversionError(f"--output {output} must not be, contain or lie inside {source_option} {source}")
+    if output.exists() or output.is_symlink():
+        if not overwrite:
+            raise ConversionError(f"--output {output} already exists (pass --overwrite to replace it)")
+        if not output.is_dir():
+            raise ConversionError(f"--output {output} exists and is not a folder; remove it yourself")
+
 
 @contextmanager
 def staged_output(output: Path, label: str):
@@ -56,4 +75,4 @@ def _move_into_place(staging: Path, output: Path):
     shutil.rmtree(backup, ignore_errors=True)
 
 
-__all__ = ["staged_output"]
+__all__ = ["check_paths", "staged_output"]
