@@ -1,0 +1,140 @@
+"""`llada-uni`: draw, answer and edit from the command line with any converted LLaDA2.0-Uni folder.
+
+    llada-uni generate "a red circle on the left" -o out.png --model PATH
+    llada-uni ask picture.png "What colour is the shape?" --model PATH
+    llada-uni edit picture.png "make it blue" -o edited.png --model PATH
+
+`--model` defaults to the `LLADA_UNI_MODEL` environment variable. Every failure (a missing model folder, an unreadable
+image, an output folder that does not exist, a prompt the model cannot take) ends with one `error: ...` line and a
+non-zero exit status, checked before the model is loaded where possible.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+ENV_MODEL = "LLADA_UNI_MODEL"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llada-uni", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub, image_output: bool):
+        sub.add_argument("--model", default=os.environ.get(ENV_MODEL),
+                         help=f"converted model folder (default: ${ENV_MODEL})")
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+        sub.add_argument("--block-length", type=int, default=None, help="diffusion block (default: the model's)")
+        sub.add_argument("--steps", type=int, default=None, help="LLM denoising steps per block")
+        if image_output:
+            sub.add_argument("-o", "--output", required=True, help="PNG file to write")
+            sub.add_argument("--decoder", choices=("turbo", "normal"), default=None)
+            sub.add_argument("--decoder-steps", type=int, default=None, help="decoder evaluations")
+            sub.add_argument("--resolution-multiplier", type=int, default=None,
+                             help="decoded pixels per token side = 16 x this (default: 1 for models of 64 px "
+                                  "images, else 2)")
+
+    generate = commands.add_parser("generate", help="text -> image")
+    generate.add_argument("prompt")
+    generate.add_argument("--height", type=int, default=None, help="pixels (default: 1024, or 64 for 64 px models)")
+    generate.add_argument("--width", type=int, default=None)
+    common(generate, image_output=True)
+    ask = commands.add_parser("ask", help="image + question -> answer")
+    ask.add_argument("image")
+    ask.add_argument("question")
+    ask.add_argument("--max-new-tokens", type=int, default=64)
+    common(ask, image_output=False)
+    edit = commands.add_parser("edit", help="image + instruction -> edited image")
+    edit.add_argument("image")
+    edit.add_argument("instruction")
+    common(edit, image_output=True)
+    return parser
+
+
+class CommandError(Exception):
+    pass
+
+
+def _check(args):
+    if not args.model:
+        raise CommandError(f"no model: pass --model PATH (a converted folder) or set ${ENV_MODEL}")
+    if not Path(args.model).is_dir():
+        raise CommandError(f"--model {args.model} is not a folder")
+    if not (Path(args.model) / "config.json").is_file():
+        raise CommandError(f"--model {args.model} has no config.json: not a converted LLaDA2.0-Uni folder")
+    image = None
+    if getattr(args, "image", None) is not None:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(args.image) as opened:
+                image = opened.convert("RGB")
+        except (OSError, UnidentifiedImageError) as exc:
+            raise CommandError(f"cannot read the image {args.image}: {exc}") from None
+    output = getattr(args, "output", None)
+    if output is not None:
+        folder = Path(output).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise CommandError(f"the folder of -o {output} does not exist")
+    return image
+
+
+def _settings(args, pipe) -> dict:
+    settings = {"generator": torch.Generator().manual_seed(args.seed)}
+    block_length = args.block_length or pipe.mllm.config.get_text_config().block_length
+    settings["block_length"] = block_length
+    if args.steps is not None:
+        settings["steps"] = args.steps
+    if hasattr(args, "output"):
+        small = pipe.processor.image_processor.max_pixels <= 64 * 64
+        settings["resolution_multiplier"] = args.resolution_multiplier or (1 if small else 2)
+        if args.decoder is not None:
+            settings["decoder"] = args.decoder
+        if args.decoder_steps is not None:
+            settings["num_inference_steps"] = args.decoder_steps
+    return settings
+
+
+def run(args) -> str:
+    image = _check(args)
+    from diffusers_llada_uni import LLaDA2UniPipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = LLaDA2UniPipeline.from_pretrained(args.model)
+    settings = _settings(args, pipe)
+    if args.command == "ask":
+        settings.pop("generator")
+        return pipe(image=image, question=args.question, max_new_tokens=args.max_new_tokens, **settings).text[0]
+    if args.command == "generate":
+        small = pipe.processor.image_processor.max_pixels <= 64 * 64
+        side = 64 if small else 1024
+        result = pipe(args.prompt, height=args.height or side, width=args.width or side, **settings)
+    else:
+        result = pipe(image=image, instruction=args.instruction, **settings)
+    result.images[0].save(args.output)
+    return f"wrote {args.output}"
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        print(run(args))
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a model-side refusal (e.g. a prompt too long for the model): one line, no traceback
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
