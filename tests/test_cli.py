@@ -5,24 +5,12 @@ import pytest
 from PIL import Image
 
 from diffusers_llada_uni.cli import main
-from examples.shapes.factory import (
-    ShapesModelSizes,
-    build_model,
-    build_pixel_side,
-    build_processor,
-    build_tokenizer,
-    save_pipeline,
-)
-from examples.shapes.world import VOCABULARY
+from examples.shapes.factory import save_untrained
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    sizes = ShapesModelSizes()
-    tokenizer = build_tokenizer(VOCABULARY)
-    folder = tmp_path_factory.mktemp("cli") / "shapes"
-    return str(save_pipeline(folder, build_processor(tokenizer, sizes), build_model(tokenizer, sizes),
-                             build_pixel_side(sizes)))
+    return str(save_untrained(tmp_path_factory.mktemp("cli") / "shapes"))
 
 
 @pytest.fixture(scope="module")

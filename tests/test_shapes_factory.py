@@ -3,25 +3,16 @@ converted folder, and run through LLaDA2UniPipeline for all three tasks at the s
 
 import torch
 
-from examples.shapes.factory import (
-    ShapesModelSizes,
-    build_model,
-    build_pixel_side,
-    build_processor,
-    build_tokenizer,
-    save_pipeline,
-)
+from examples.shapes.factory import build_tokenizer, save_untrained
 from examples.shapes.world import VOCABULARY, Scene, Shape, caption, render
 
 
 def test_factory_model_runs_every_task(tmp_path):
     from diffusers_llada_uni import LLaDA2UniPipeline
 
-    sizes = ShapesModelSizes()
     tokenizer = build_tokenizer(VOCABULARY)
     assert "[UNK]" not in tokenizer.convert_ids_to_tokens(tokenizer("What colour is the circle?")["input_ids"])
-    processor = build_processor(tokenizer, sizes)
-    folder = save_pipeline(tmp_path / "shapes", processor, build_model(tokenizer, sizes), build_pixel_side(sizes))
+    folder = save_untrained(tmp_path / "shapes")
     pipe = LLaDA2UniPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     scene = Scene((Shape("red", "circle", "left"),))
@@ -41,10 +32,7 @@ def test_eval_shapes_reports_every_key(tmp_path, capsys):
 
     from benchmarks.eval_shapes import main
 
-    sizes = ShapesModelSizes()
-    tokenizer = build_tokenizer(VOCABULARY)
-    folder = save_pipeline(tmp_path / "shapes", build_processor(tokenizer, sizes), build_model(tokenizer, sizes),
-                           build_pixel_side(sizes))
+    folder = save_untrained(tmp_path / "shapes")
     assert main(["--model", str(folder), "--limit", "2", "--split", "validation"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary) == {"t2i_color", "t2i_shape", "t2i_position", "understanding", "editing", "tpf_0.9"}

@@ -138,5 +138,15 @@ def save_pipeline(folder, processor, model, pixel_parts: dict) -> Path:
     return Path(folder)
 
 
+def save_untrained(folder, sizes: ShapesModelSizes = None, seed: int = 0) -> Path:
+    """The whole untrained model over the shapes vocabulary, saved as one converted folder (tests, smoke runs)."""
+    from examples.shapes.world import VOCABULARY
+
+    sizes = sizes or ShapesModelSizes()
+    tokenizer = build_tokenizer(VOCABULARY)
+    return save_pipeline(folder, build_processor(tokenizer, sizes), build_model(tokenizer, sizes, seed),
+                         build_pixel_side(sizes, seed))
+
+
 __all__ = ["ShapesModelSizes", "build_model", "build_pixel_side", "build_processor", "build_tokenizer",
-           "save_pipeline"]
+           "save_pipeline", "save_untrained"]
