@@ -51,3 +51,14 @@ def test_bench_moe_quick_runs():
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["moe_vs_dense_time"] > 0 and summary["best_backend"] in ("grouped_mm", "loop")
+
+
+def test_run_all_collects_one_json_line():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--quick", "--threads", "1", "--only",
+                             "moe,generate"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"exact_cache_speedup", "sprint_extra_speedup", "vs_diffusers_speedup", "moe_vs_dense_time",
+            "tokens_identical"} <= set(summary)
+    assert summary["tokens_identical"] is True and summary["exact_cache_speedup"] > 0
+    assert summary["sprint_extra_speedup"] is None  # not implemented yet: reported as missing, never invented
