@@ -170,16 +170,10 @@ def _write_sharded(folder: Path, layout, shard_bytes: int, weights_name: str, se
     import torch
     from safetensors.torch import save_file
 
-    shards, current, size = [], [], 0
-    for entry in layout:
-        entry_bytes = _layout_bytes([entry])
-        if current and size + entry_bytes > shard_bytes:
-            shards.append(current)
-            current, size = [], 0
-        current.append(entry)
-        size += entry_bytes
-    if current:
-        shards.append(current)
+    from conversion.checkpoint_io import plan_shards
+
+    planned = plan_shards([(index, _layout_bytes([entry])) for index, entry in enumerate(layout)], shard_bytes)
+    shards = [[layout[index] for index in shard] for shard in planned]
     stem = weights_name.removesuffix(".safetensors")
     generator = torch.Generator().manual_seed(seed)
     weight_map, total = {}, 0

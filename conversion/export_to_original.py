@@ -14,7 +14,6 @@ import argparse
 import copy
 import json
 import os
-import shutil
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from conversion.checkpoint_io import (  # noqa: E402
     write_shards,
 )
 from conversion.convert_llada2_uni_to_hf import _resolve_dtype  # noqa: E402
+from conversion.llm_checkpoint import copy_present_files  # noqa: E402
 from conversion.original_layout import (  # noqa: E402
     CHAT_TEMPLATE_FILES,
     IMAGE_PREFIXES,
@@ -312,11 +312,7 @@ def _check_part(part: Part, staging: Path):
 
 def _copy_tokenizer(hf_dir: Path, staging: Path, composite_with_processor: bool, log):
     names = list(TOKENIZER_FILES) + ([] if composite_with_processor else list(CHAT_TEMPLATE_FILES))
-    copied = []
-    for name in names:
-        if (hf_dir / name).is_file():
-            shutil.copyfile(hf_dir / name, staging / name)
-            copied.append(name)
+    copied = copy_present_files(hf_dir, staging, names)
     config_file = hf_dir / "tokenizer_config.json"
     if config_file.is_file():
         config, changes = original_tokenizer_config(_read_json(config_file), (hf_dir / "tokenizer.json").is_file())

@@ -109,13 +109,17 @@ def write_generation_config(config, folder: Path):
     generation_config.save_pretrained(folder)
 
 
+def copy_present_files(src: Path, dst: Path, names) -> list:
+    """Copy those of `names` that exist in `src` into `dst`; returns the copied names."""
+    copied = [name for name in names if (src / name).is_file()]
+    for name in copied:
+        shutil.copyfile(src / name, dst / name)
+    return copied
+
+
 def copy_tokenizer(src: Path, dst: Path, log):
     """Copy the tokenizer files; `tokenizer_config.json` loses any `auto_map` and names the generic fast class."""
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
-            copied.append(name)
+    copied = copy_present_files(src, dst, TOKENIZER_FILES)
     config_file = src / "tokenizer_config.json"
     if config_file.is_file():
         _write_tokenizer_config(_read_json(config_file), dst, has_fast=(src / "tokenizer.json").is_file(),
