@@ -53,31 +53,14 @@ def parse_args(argv=None):
 
 
 def build_components(preset: dict, seed: int = 0):
-    from diffusers import AutoencoderKL, ZImageTransformer2DModel
+    """Random decoder parts of the preset's size, built by the shapes model factory (same classes as the release)."""
+    from examples.shapes.factory import ShapesModelSizes, build_pixel_side
 
-    from diffusers_llada_uni import LLaDA2UniSemanticEmbedder
-    from diffusers_llada_uni.hub_layout import default_scheduler
-
-    torch.manual_seed(seed)
-    head_dim = preset["dim"] // preset["heads"]
-    axes = [head_dim // 4, 3 * head_dim // 8, head_dim - head_dim // 4 - 3 * head_dim // 8]
-    transformer = ZImageTransformer2DModel(
-        dim=preset["dim"], n_layers=preset["layers"], n_refiner_layers=1, n_heads=preset["heads"],
-        n_kv_heads=preset["heads"], cap_feat_dim=preset["cap_dim"], axes_dims=axes, axes_lens=[32768, 1024, 1024],
-    ).eval()
-    # Random pad tokens: the constructor leaves them uninitialised.
-    with torch.no_grad():
-        transformer.x_pad_token.normal_()
-        transformer.cap_pad_token.normal_()
-    embedder = LLaDA2UniSemanticEmbedder(vocab_size=preset["vocab"], embedding_dim=preset["cap_dim"]).eval()
-    blocks = len(preset["vae"])
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=preset["vae"], layers_per_block=1,
-        down_block_types=["DownEncoderBlock2D"] * blocks, up_block_types=["UpDecoderBlock2D"] * blocks,
-        norm_num_groups=min(preset["vae"][0], 32), scaling_factor=0.3611, shift_factor=0.1159,
-        use_quant_conv=False, use_post_quant_conv=False,
-    ).eval()
-    return embedder, transformer, vae, {"normal": default_scheduler("normal"), "turbo": default_scheduler("turbo")}
+    sizes = ShapesModelSizes(codebook_size=preset["vocab"], cap_dim=preset["cap_dim"], decoder_dim=preset["dim"],
+                             decoder_layers=preset["layers"], decoder_heads=preset["heads"], vae_channels=preset["vae"])
+    parts = build_pixel_side(sizes, seed=seed)
+    schedulers = {"normal": parts["scheduler"], "turbo": parts["scheduler_turbo"]}
+    return parts["semantic_embedder"].eval(), parts["transformer"].eval(), parts["vae"].eval(), schedulers
 
 
 def count_calls(module):

@@ -37,6 +37,7 @@ class ShapesModelSizes:
     cap_dim: int = 64
     decoder_dim: int = 64
     decoder_layers: int = 2
+    decoder_heads: int = 2
     vae_channels: tuple = field(default=(16, 32, 32, 32))
 
 
@@ -102,12 +103,13 @@ def build_pixel_side(sizes: ShapesModelSizes, seed: int = 0) -> dict:
     from diffusers_llada_uni.hub_layout import default_scheduler
 
     torch.manual_seed(seed)
-    head_dim = sizes.decoder_dim // 2
+    head_dim = sizes.decoder_dim // sizes.decoder_heads
     axes = [head_dim // 4, 3 * head_dim // 8, head_dim - head_dim // 4 - 3 * head_dim // 8]
 
     def decoder():
         model = ZImageTransformer2DModel(dim=sizes.decoder_dim, n_layers=sizes.decoder_layers, n_refiner_layers=1,
-                                         n_heads=2, n_kv_heads=2, cap_feat_dim=sizes.cap_dim, axes_dims=axes,
+                                         n_heads=sizes.decoder_heads, n_kv_heads=sizes.decoder_heads,
+                                         cap_feat_dim=sizes.cap_dim, axes_dims=axes,
                                          axes_lens=[32768, 1024, 1024])
         with torch.no_grad():  # the constructor leaves the pad tokens uninitialised
             model.x_pad_token.normal_(0, 0.02)

@@ -373,7 +373,7 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         groups = {}
         for index, item in enumerate(tokens):
             groups.setdefault((item["h"], item["w"]), []).append(index)
-        features, noise = {}, {}
+        features = {}
         with self._stage("semantic_embedder") as embedder:
             for grid, indices in groups.items():
                 codes = torch.stack([tokens[i]["token_ids"] for i in indices])
