@@ -1,19 +1,27 @@
-"""Block-cached `generate()` vs the original full-prefix LLaDA2.0 algorithm, on a small random LLaDA2 MoE (CPU).
+"""Block-cached `generate()` vs the original full-prefix LLaDA2.0 algorithm, SPRINT and diffusers' `LLaDA2Pipeline`,
+on a small random LLaDA2 MoE (CPU).
 
-Three ways to run the same greedy block-diffusion decoding, on the same weights and prompt, in one process:
+Five ways to run the same greedy block-diffusion decoding, on the same weights and prompt, in one process:
 
   (a) cached     `model.generate(..., use_block_cache=True)`: finished blocks' keys/values are kept; each step
                  runs only the active block (the first step of a block also re-runs the block just finished).
   (b) uncached   `model.generate(..., use_block_cache=False)`: the same loop, re-running the whole prefix.
   (c) baseline   `benchmarks/baseline_full_prefix.py`: the original algorithm (full prefix, additive 0/-inf mask,
                  logits of every position, then the last block's), the thing we compare against.
+  (d) sprint     (a) + `sprint={"keep_ratio": 0.5}`: pruned prefix and adaptive unmasking (approximate).
+  (e) diffusers  diffusers' `LLaDA2Pipeline` + `BlockRefinementScheduler` driving the same model through
+                 `benchmarks/diffusers_adapter.py` (greedy, editing off: the LLaDA2.0 algorithm, full prefix).
 
-The three must produce identical token ids (`tokens_identical=True`). The last line printed is
-`speedup_vs_full_prefix=<baseline wall time / cached wall time>`.
+(a), (b), (c) and (e) must produce identical token ids (`tokens_identical=True`); SPRINT's agreement with the baseline
+is reported as a share of tokens. After the timed runs each method runs once more for its peak memory (the growth of
+the process's resident set over what was resident before, after returning freed memory to the OS). The last line
+printed is `speedup_vs_full_prefix=<baseline wall time / cached wall time>`; the lines before it hold
+`sprint_extra_speedup=<cached / sprint>` and `vs_diffusers_speedup=<diffusers / cached>`.
 
     python benchmarks/bench_generate.py                 # prompt 512, gen 256, block 32, steps 32, threshold 0.95
     python benchmarks/bench_generate.py --quick         # tiny model, prompt 64, gen 64: a smoke test (< 20 s)
     python benchmarks/bench_generate.py --profile       # + where the time of the cached path goes
+    python benchmarks/bench_generate.py --methods cached,sprint --sprint-keep-ratio 0.25
 """
 
 import argparse
@@ -36,6 +44,10 @@ MODEL_PRESETS = {
 }
 
 
+METHODS = ("cached", "uncached", "baseline", "sprint", "diffusers")
+EXACT_METHODS = ("cached", "uncached", "baseline", "diffusers")  # these must agree token for token
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model, prompt 64, gen 64, 1 repeat (smoke test)")
@@ -52,8 +64,11 @@ def parse_args(argv=None):
                         help="warm up with a complete run of each method (default: a one-block run each plus one "
                         "forward over the whole canvas)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the prompt")
-    parser.add_argument("--methods", default="cached,uncached,baseline",
-                        help="comma-separated subset of cached,uncached,baseline")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument("--sprint-keep-ratio", type=float, default=0.5, help="SPRINT keep_ratio of method (d)")
+    parser.add_argument("--sprint-strategy", default="low_confidence",
+                        help="SPRINT unmasking strategy: low_confidence, top_k_margin or neg_entropy")
+    parser.add_argument("--no-memory", action="store_true", help="skip the extra run per method that measures memory")
     parser.add_argument("--experts-backend", choices=("auto", "grouped_mm", "loop"), default="auto")
     parser.add_argument("--baseline-logits-to-keep", action="store_true",
                         help="let the baseline project only the last block to logits (the original projects the "
@@ -77,9 +92,9 @@ def parse_args(argv=None):
             preset[name] = getattr(args, name)
     args.shape = preset
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = set(args.methods) - {"cached", "uncached", "baseline"}
+    unknown = set(args.methods) - set(METHODS)
     if unknown or not args.methods:
-        parser.error(f"--methods: unknown {sorted(unknown)}; choose from cached, uncached, baseline.")
+        parser.error(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)}.")
     return args
 
 
@@ -93,6 +108,31 @@ def tune_malloc():
     ok = libc.mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # the largest fixed value glibc accepts
     ok &= libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
     return bool(ok)
+
+
+def peak_memory_mib(run, torch):
+    """Growth of the resident set (MiB) while `run()` runs, over what is resident once freed memory has been returned
+    to the OS (glibc `malloc_trim`; the kernel's high-water mark is reset through /proc/self/clear_refs). None when
+    the platform does not allow it."""
+    import gc
+
+    def status(key):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+        return None
+
+    try:
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = status("VmRSS")
+        run()
+        return status("VmHWM") - before
+    except (OSError, TypeError):
+        return None
 
 
 def cpu_model():
@@ -190,6 +230,7 @@ def main(argv=None):
     import transformers
 
     from benchmarks.baseline_full_prefix import full_prefix_generate
+    from benchmarks.diffusers_adapter import diffusers_generate
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -200,12 +241,14 @@ def main(argv=None):
     P, G, L = args.prompt_length, args.gen_length, args.block_length
     common = dict(gen_length=G, block_length=L, steps=args.steps, threshold=args.threshold)
 
-    def run_ours(use_cache, settings):
+    def run_ours(use_cache, settings, sprint=None):
         out = model.generate(
             prompt, **settings, temperature=0.0, use_block_cache=use_cache, return_dict_in_generate=True,
-            mask_token_id=config.mask_token_id, eos_token_id=config.eos_token_id,
+            mask_token_id=config.mask_token_id, eos_token_id=config.eos_token_id, sprint=sprint,
         )
         return out.sequences[:, P:], out.num_forward_passes
+
+    sprint = {"keep_ratio": args.sprint_keep_ratio, "strategy": args.sprint_strategy}
 
     def run_baseline(settings):
         return full_prefix_generate(
@@ -218,11 +261,16 @@ def main(argv=None):
         "cached": lambda settings: run_ours(True, settings),
         "uncached": lambda settings: run_ours(False, settings),
         "baseline": run_baseline,
+        "sprint": lambda settings: run_ours(True, settings, sprint),
+        "diffusers": lambda settings: diffusers_generate(model, prompt, **settings, mask_id=config.mask_token_id,
+                                                         eos_id=config.eos_token_id),
     }
     labels = {
         "cached": "(a) generate, block cache",
         "uncached": "(b) generate, no cache",
         "baseline": "(c) full-prefix baseline",
+        "sprint": f"(d) (a) + SPRINT keep {args.sprint_keep_ratio:g}",
+        "diffusers": "(e) diffusers LLaDA2Pipeline",
     }
 
     s = args.shape
@@ -235,6 +283,12 @@ def main(argv=None):
           f"logit std {s['logit_std']}, {args.dtype}, experts backend {args.experts_backend}")
     print(f"decode: prompt {P}, gen {G}, block {L}, steps {args.steps}, threshold {args.threshold}, greedy; "
           f"{args.repeats} timed run(s) per method after a warm-up, best reported", flush=True)
+    if "sprint" in args.methods:
+        print(f"SPRINT: {sprint} (other settings: SprintConfig defaults)")
+    if "diffusers" in args.methods:
+        import diffusers
+
+        print(f"diffusers {diffusers.__version__}: LLaDA2Pipeline + BlockRefinementScheduler, greedy, editing off")
 
     # Warm-up (lazy initialisation, thread pool, allocator growth): every method once on a one-block generation,
     # then one forward over the whole canvas so that the largest activations have been allocated once.
@@ -250,6 +304,7 @@ def main(argv=None):
     # Timed runs, interleaved (a, b, c, a, b, c, ...) so that a burst of load from other processes does not hit a
     # single method; the best run of each method is reported.
     times = {name: [] for name in args.methods}
+    cpu_times = {name: [] for name in args.methods}
     background = {name: [] for name in args.methods}
     results, outputs = {}, {}
     stable = True
@@ -257,9 +312,10 @@ def main(argv=None):
     for _ in range(args.repeats):
         for name in args.methods:
             monitor.start()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             ids, passes = runners[name](common)
             times[name].append(time.perf_counter() - start)
+            cpu_times[name].append(time.process_time() - cpu_start)
             background[name].append(monitor.stop())
             outputs.setdefault(name, ids)
             if not torch.equal(ids, outputs[name]):
@@ -267,28 +323,44 @@ def main(argv=None):
                 print(f"  {name}: this run gave other ids than its first run")
             results[name] = dict(passes=passes, tokens=ids.shape[1])
             load = background[name][-1]
-            print(f"  {name}: {times[name][-1]:.2f} s, {passes} forwards"
+            print(f"  {name}: {times[name][-1]:.2f} s ({cpu_times[name][-1]:.2f} s CPU), {passes} forwards"
                   + (f", other processes used {load:.0%} of the CPU" if load is not None else ""), flush=True)
     for name in args.methods:
         best = min(range(len(times[name])), key=times[name].__getitem__)
-        results[name].update(seconds=times[name][best], background=background[name][best])
+        results[name].update(seconds=times[name][best], background=background[name][best],
+                             cpu=min(cpu_times[name]))
 
-    reference = outputs[args.methods[0]]
-    identical = stable and all(torch.equal(ids, reference) for ids in outputs.values())
+    exact = [name for name in args.methods if name in EXACT_METHODS]
+    reference = outputs["baseline" if "baseline" in outputs else (exact or args.methods)[0]]
+    identical = stable and all(torch.equal(outputs[name], reference) for name in exact)
+    for name in args.methods:
+        ids = outputs[name]
+        same = ids.shape == reference.shape and torch.equal(ids, reference)
+        width = min(ids.shape[1], reference.shape[1])
+        share = (ids[:, :width] == reference[:, :width]).float().sum().item() / max(reference.shape[1], 1)
+        results[name]["agreement"] = 1.0 if same else share
+    for name in args.methods if not args.no_memory else ():
+        results[name]["memory"] = peak_memory_mib(lambda: runners[name](common), torch)
 
     if args.profile and "cached" in args.methods:
         profile_cached(lambda: runners["cached"](common), torch)
 
     print()
-    header = f"{'method':<28}{'wall s':>9}{'tok/s':>9}{'forwards':>10}{'tok/fwd':>9}{'ms/fwd':>9}{'others':>8}"
+    header = (f"{'method':<32}{'wall s':>9}{'CPU s':>8}{'tok/s':>9}{'forwards':>10}{'tok/fwd':>9}{'ms/fwd':>9}{'peak MiB':>10}"
+              f"{'agree':>8}{'others':>8}")
     print(header)
     print("-" * len(header))
     for name in args.methods:
         r = results[name]
-        print(f"{labels[name]:<28}{r['seconds']:>9.2f}{r['tokens'] / r['seconds']:>9.1f}{r['passes']:>10d}"
+        memory = r.get("memory")
+        print(f"{labels[name]:<32}{r['seconds']:>9.2f}{r['cpu']:>8.2f}{r['tokens'] / r['seconds']:>9.1f}{r['passes']:>10d}"
               f"{r['tokens'] / r['passes']:>9.2f}{1000 * r['seconds'] / r['passes']:>9.1f}"
+              + (f"{memory:>10.1f}" if memory is not None else f"{'?':>10}")
+              + f"{r['agreement']:>8.1%}"
               + (f"{r['background']:>8.0%}" if r["background"] is not None else f"{'?':>8}"))
-    print("(others: share of the machine's CPU time used by other processes during that run)")
+    print("(CPU s: this process's CPU time, best run, less sensitive than wall time to other jobs on the machine; "
+          "peak MiB: resident-set growth during one extra run; agree: share of generated tokens equal to the "
+          "baseline's; others: share of the machine's CPU time used by other processes during that run)")
     print()
     kv_bytes = (2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim
                 * (-(-(P + G) // L) * L) * (4 if args.dtype == "fp32" else 2))
@@ -299,7 +371,17 @@ def main(argv=None):
     if "uncached" in results and "baseline" in results:
         print(f"uncached generate vs baseline: {results['baseline']['seconds'] / results['uncached']['seconds']:.2f}x")
     print(f"tokens_identical={identical}")
+    if "sprint" in results:
+        print(f"sprint_agreement={results['sprint']['agreement']:.4f}")
+        if "cached" in results:
+            print(f"sprint_extra_speedup={results['cached']['seconds'] / results['sprint']['seconds']:.2f}")
+            print(f"sprint_extra_speedup_cpu={results['cached']['cpu'] / results['sprint']['cpu']:.2f}")
+    if "diffusers" in results and "cached" in results:
+        print(f"diffusers_tokens_identical={results['diffusers']['agreement'] == 1.0}")
+        print(f"vs_diffusers_speedup={results['diffusers']['seconds'] / results['cached']['seconds']:.2f}")
+        print(f"vs_diffusers_speedup_cpu={results['diffusers']['cpu'] / results['cached']['cpu']:.2f}")
     if "cached" in results and "baseline" in results:
+        print(f"speedup_vs_full_prefix_cpu={results['baseline']['cpu'] / results['cached']['cpu']:.2f}")
         print(f"speedup_vs_full_prefix={results['baseline']['seconds'] / results['cached']['seconds']:.2f}")
     return 0 if identical else 1
 

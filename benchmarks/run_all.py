@@ -1,10 +1,12 @@
 """Every benchmark of this folder in one run, one table, one JSON line (`python -m benchmarks.run_all`).
 
 Each benchmark runs as its own process (clean memory, its own timing) with the same thread count; their last lines
-are collected into one summary. Keys the project cannot measure yet are null: `sprint_extra_speedup` (SPRINT is not
-implemented) and `vs_diffusers_speedup` (the diffusers `LLaDA2Pipeline` comparison is not written yet).
+are collected into one summary. `bench_generate` times, in one process on the same weights and prompt, the original
+full-prefix algorithm, diffusers' `LLaDA2Pipeline` driving our backbone, our exact-cache `generate()` and our
+`generate()` + SPRINT (keep_ratio 0.5); its table (tokens/s, forwards, tokens per forward, peak memory, agreement with
+the baseline) is printed as is.
 
-    python -m benchmarks.run_all                    # full sizes (about 20 minutes on 2 cores)
+    python -m benchmarks.run_all                    # full sizes (about 25 minutes on 2 cores)
     python -m benchmarks.run_all --quick            # smoke sizes (about 2 minutes)
     python -m benchmarks.run_all --only moe,decoder
 """
@@ -56,6 +58,10 @@ def key_values(lines) -> dict:
     return out
 
 
+def _number(value):
+    return None if value is None else float(value)
+
+
 def main(argv=None):
     args = parse_args(argv)
     names = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -73,7 +79,21 @@ def main(argv=None):
             values = key_values(lines)
             summary["exact_cache_speedup"] = float(values["speedup_vs_full_prefix"])
             summary["tokens_identical"] = values.get("tokens_identical") == "True"
+            summary["sprint_extra_speedup"] = _number(values.get("sprint_extra_speedup"))
+            summary["sprint_agreement"] = _number(values.get("sprint_agreement"))
+            summary["vs_diffusers_speedup"] = _number(values.get("vs_diffusers_speedup"))
+            for key in ("speedup_vs_full_prefix_cpu", "sprint_extra_speedup_cpu", "vs_diffusers_speedup_cpu"):
+                summary[key.replace("speedup_vs_full_prefix", "exact_cache_speedup")] = _number(values.get(key))
+            if "diffusers_tokens_identical" in values:
+                summary["diffusers_tokens_identical"] = values["diffusers_tokens_identical"] == "True"
+            table = [line for line in lines if line.startswith(("method", "---", "("))]
             rows.append(("exact block cache vs original full-prefix loop", f"{summary['exact_cache_speedup']:.2f}x"))
+            if summary["sprint_extra_speedup"] is not None:
+                rows.append(("SPRINT (keep 0.5) on top of the cache", f"{summary['sprint_extra_speedup']:.2f}x "
+                             f"({summary['sprint_agreement']:.1%} of tokens as the baseline)"))
+            if summary["vs_diffusers_speedup"] is not None:
+                rows.append(("exact cache vs diffusers LLaDA2Pipeline", f"{summary['vs_diffusers_speedup']:.2f}x "
+                             f"(tokens identical: {summary.get('diffusers_tokens_identical')})"))
         elif name == "decoder":
             decoder = json.loads(lines[-1])
             summary.update(turbo_speedup=decoder["turbo_speedup"], decoder_pipeline_overhead=decoder["pipeline_overhead"])
@@ -88,9 +108,10 @@ def main(argv=None):
             summary["peak_rss_over_shard"] = float(key_values(lines[-1:])["peak_rss_over_shard"])
             rows.append(("conversion peak RSS / largest shard", f"{summary['peak_rss_over_shard']:.2f}"))
         rows.append((f"  ({name}: {run['seconds']:.0f} s)", ""))
-    rows += [("SPRINT on top of the cache", "not implemented"), ("vs diffusers LLaDA2Pipeline", "not measured yet")]
     width = max(len(label) for label, _ in rows)
     print(f"machine: {os.cpu_count()} CPUs; {'quick' if args.quick else 'full'} sizes")
+    if "generate" in names:
+        print("\n".join(table) + "\n")
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
     print(json.dumps(summary))

@@ -125,6 +125,19 @@ def test_restriction_keeps_codes_in_codebook(model):
     assert out["token_ids"].min() >= 0 and out["token_ids"].max() < CODEBOOK
 
 
+def test_history_shows_each_forward(model):
+    cond = torch.randint(0, 80, (1, 30), generator=torch.Generator().manual_seed(2))
+    out = model.generate_image_tokens(cond, height=6, width=6, steps=4, output_history=True)
+    assert "history" not in model.generate_image_tokens(cond, height=6, width=6, steps=4)
+    history = torch.stack(out["history"])  # [forwards, 1, 36]
+    assert len(history) == out["num_forward_passes"]
+    offset, mask_id = model.config.image_token_offset, model.config.get_text_config().mask_token_id
+    assert torch.equal(history[-1], out["token_ids"] + offset)
+    committed = history != mask_id
+    assert (committed[1:] >= committed[:-1]).all()  # committed cells stay committed, with the same value
+    assert (history[1:][committed[:-1]] == history[:-1][committed[:-1]]).all()
+
+
 def test_unrestricted_can_pick_text_ids(model):
     cond = torch.randint(0, 80, (1, 30), generator=torch.Generator().manual_seed(1))
     out = model.generate_image_tokens(cond, height=6, width=6, steps=4, restrict_to_image_vocab=False)

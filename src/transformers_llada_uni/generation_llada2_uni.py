@@ -7,8 +7,12 @@ step's quota) or the quota's most confident ones. Committed tokens are final.
 
 Because a finished block never attends to later tokens, its keys and values are final too: they are cached once and
 each later step only runs the active block. The cached and uncached paths make the same decisions.
+
+`sprint=` turns on SPRINT (`sprint_llada2_uni.py`): a pruned prefix and adaptive unmasking on top of the cache; it is
+approximate and off by default.
 """
 
+import contextlib
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -17,6 +21,8 @@ from typing import Optional
 import torch
 from transformers import GenerationConfig
 from transformers.utils import ModelOutput
+
+from .sprint_llada2_uni import SprintConfig, SprintRun
 
 # The original `generate()` defaults (LLaDA2.0 Hub remote code), except that temperature 0 really is greedy.
 DIFFUSION_DEFAULTS = {
@@ -30,6 +36,7 @@ DIFFUSION_DEFAULTS = {
     "eos_early_stop": False,
     "minimal_topk": 1,
     "use_block_cache": True,
+    "sprint": None,
     "output_history": False,
     "return_dict_in_generate": False,
 }
@@ -51,11 +58,15 @@ class LLaDA2GenerationConfig(GenerationConfig):
         eos_early_stop (`bool`, defaults to False): stop mid-block once EOS is committed with nothing masked before it.
         minimal_topk (`int`, defaults to 1), mask_token_id, eos_token_id, pad_token_id (`int`)
         use_block_cache (`bool`, defaults to True): cache finished blocks' keys/values (exact; False re-runs the prefix).
+        sprint (`bool`, `dict` or `SprintConfig`, *optional*): SPRINT acceleration (approximate; needs the block cache).
+            `True` uses the `SprintConfig` defaults; a dict holds `SprintConfig` fields. None / False: off.
         output_history (`bool`, defaults to False): record the generated region after every forward.
     """
 
     def __init__(self, **kwargs):
         own = {key: kwargs.pop(key, None) for key in (*DIFFUSION_DEFAULTS, "mask_token_id")}
+        if isinstance(own["sprint"], SprintConfig):  # stored as a dict so that generation_config.json can hold it
+            own["sprint"] = own["sprint"].to_dict()
         for alias, name in ALIASES.items():
             if alias in kwargs and own.get(name) is None:
                 own[name] = kwargs.pop(alias)
@@ -111,6 +122,8 @@ class LLaDA2GenerationConfig(GenerationConfig):
             raise ValueError(f"`top_k` must be None or an integer >= 0, got {self.top_k!r}.")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"`top_p` must be None or in (0, 1], got {self.top_p!r}.")
+        if SprintConfig.from_setting(getattr(self, "sprint", None)) is not None and not self.use_block_cache:
+            raise ValueError("`sprint` needs `use_block_cache=True` (SPRINT prunes the block cache).")
         for name in ("mask_token_id", "eos_token_id", "pad_token_id"):
             value = getattr(self, name)
             if name == "mask_token_id" and value is None:
@@ -310,11 +323,19 @@ class LLaDA2MoeGenerationMixin:
         canvas = build_canvas(prompts, config, self.device)
         if streamer is not None:
             streamer.put(prompts[0].cpu())
-        generated, passes, history = self._run_blocks(canvas, config, streamer=streamer, generator=generator)
+        generated, passes, history = self._run_blocks(canvas, config, streamer=streamer, generator=generator,
+                                                      image_range=self._image_id_range())
         return _cut_after_eos(generated, config.eos_token_id, config.pad_token_id), passes, history
 
+    def _image_id_range(self):
+        """(first, end) of the image-code ids when the model has images (SPRINT's per-modality ratios), else None."""
+        offset, size = getattr(self.config, "image_token_offset", None), getattr(self.config, "codebook_size", None)
+        if offset is None:
+            return None
+        return (offset, offset + size if size else self.config.get_text_config().vocab_size)
+
     def _run_blocks(self, canvas, config, *, combine=None, vocab_range=None, stop_rule="block", streamer=None,
-                    generator=None, constrain=None):
+                    generator=None, constrain=None, image_range=None):
         """Denoise `canvas` block by block; returns (generated ids [B, gen_length], forward count, history).
 
         `combine` maps the logits of all canvas rows [R, L, V] to those of the B primary rows (guidance); rows after
@@ -325,6 +346,8 @@ class LLaDA2MoeGenerationMixin:
         `constrain(logits, tokens, start, end) -> (logits [B, L, V], allow [B, L] bool)`, when given, runs last on
         every step's logits (all rows when `combine` is None) with the live canvas; only positions where `allow` is
         True may be committed on that step, and a block then takes extra steps (quota >= 1) until it has no mask left.
+        `config.sprint` (not with `constrain`) prunes the prefix after each block's warm-up steps and commits
+        adaptively; `image_range` = (lo, hi) are the ids SPRINT counts as image tokens.
         """
         L, G, mask_id, stop_id = config.block_length, config.gen_length, config.mask_token_id, config.eos_token_id
         tokens, gen_start = canvas.tokens, canvas.gen_start
@@ -335,26 +358,33 @@ class LLaDA2MoeGenerationMixin:
         finished = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
         cache = BlockDiffusionCache(total) if config.use_block_cache else None
         cached, passes, history, streamed_eos = 0, 0, [], False
+        settings = SprintConfig.from_setting(config.sprint) if constrain is None else None
+        sprint = SprintRun(settings, self, canvas, L, image_range) if settings is not None else None
         gen_index = torch.tensor(gen_start, device=tokens.device).unsqueeze(1) + torch.arange(G, device=tokens.device)
 
         for block in range(canvas.first_block, total // L):
             start, end = block * L, (block + 1) * L
+            if sprint is not None:
+                sprint.start_block()
             for step in range(steps) if constrain is None else itertools.count():
                 active = (tokens[:batch, start:end] == mask_id) & ~finished.unsqueeze(1)
                 if not active.any():
                     break
-                lo = cached if cache is not None else 0
-                logits = self(
-                    input_ids=tokens[:, lo:end],
-                    attention_mask=allowed[:, :, lo:end, :end],
-                    position_ids=canvas.positions[:, lo:end],
-                    past_key_values=cache,
-                    logits_to_keep=L,
-                ).logits
+                if sprint is not None and sprint.view is not None:
+                    # SPRINT after the warm-up: the block against the pruned prefix, at its own positions.
+                    logits = self(input_ids=tokens[:, start:end], attention_mask=sprint.view_mask,
+                                  position_ids=canvas.positions[:, start:end], past_key_values=sprint.view,
+                                  logits_to_keep=L).logits
+                else:
+                    lo = cached if cache is not None else 0
+                    forward = dict(input_ids=tokens[:, lo:end], attention_mask=allowed[:, :, lo:end, :end],
+                                   position_ids=canvas.positions[:, lo:end], past_key_values=cache, logits_to_keep=L)
+                    with sprint.probing(start) if sprint is not None else contextlib.nullcontext():
+                        logits = self(**forward).logits
+                    if cache is not None:
+                        cache.crop(start)
+                        cached = start
                 passes += 1
-                if cache is not None:
-                    cache.crop(start)
-                    cached = start
                 if combine is not None:
                     logits = combine(logits)
                 if vocab_range is not None:
@@ -366,7 +396,11 @@ class LLaDA2MoeGenerationMixin:
                     if not active.any():
                         raise RuntimeError("`constrain` allowed no masked position to be committed.")
                 sampled, confidence = sample_tokens(logits, config.temperature, config.top_k, config.top_p, generator)
-                commit = select_transfers(confidence, active, quota, config.threshold)
+                if sprint is None:
+                    commit = select_transfers(confidence, active, quota, config.threshold)
+                else:
+                    commit = sprint.quota_and_commit(logits, confidence, active, step, steps, config.threshold)
+                    sprint.after_step(commit, confidence, step, cache, allowed, start, batch)
                 tokens[:batch, start:end] = torch.where(commit, sampled, tokens[:batch, start:end])
                 for row, source in canvas.mirrors:
                     begin = max(start, gen_start[source])

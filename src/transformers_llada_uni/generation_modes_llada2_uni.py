@@ -12,9 +12,13 @@ default; with the restriction off the loop is the one of the LLaDA-Image port (t
 from typing import Optional
 
 import torch
+from transformers.utils import logging
 
 from .generation_interleaved_llada2_uni import LLaDA2UniInterleavedMixin
 from .generation_llada2_uni import LLaDA2GenerationConfig, build_canvas, split_prompts
+from .sprint_llada2_uni import SprintConfig, sprint_from_original
+
+logger = logging.get_logger(__name__)
 
 
 class LLaDA2UniGenerationMixin(LLaDA2UniInterleavedMixin):
@@ -42,7 +46,9 @@ class LLaDA2UniGenerationMixin(LLaDA2UniInterleavedMixin):
         top_p: Optional[float] = None,
         restrict_to_image_vocab: bool = True,
         use_block_cache: bool = True,
+        sprint=None,
         generator: Optional[torch.Generator] = None,
+        output_history: bool = False,
         return_dict: bool = True,
     ):
         r"""
@@ -61,11 +67,17 @@ class LLaDA2UniGenerationMixin(LLaDA2UniInterleavedMixin):
             steps (`int`, defaults to 8): denoising forwards per block (capped at h*w).
             restrict_to_image_vocab (`bool`, defaults to True): sample only image codes. False reproduces the
                 LLaDA-Image port, where text ids can be chosen (they come back as negative codes).
+            sprint (`bool`, `dict` or `SprintConfig`, *optional*): SPRINT (approximate; see `generate()`). It runs
+                without CFG and with simple CFG; under three-way editing CFG (`cfg_image_scale` != 0) it is turned
+                off and the exact loop runs, as in the original.
+            output_history (`bool`, defaults to False): also return `history`, the grid after every forward.
             Other arguments as in `generate()`.
 
         Returns:
             dict with `token_ids` (`torch.LongTensor` [B, h*w], offset-free codes; with the restriction off a row that
-            closed its image early is padded with -1), `height`, `width`, `num_forward_passes`.
+            closed its image early is padded with -1), `height`, `width`, `num_forward_passes`, and with
+            `output_history` a `history` tuple of [B, h*w] ids after each forward (still-masked cells hold the mask
+            id, committed ones their code + `image_token_offset`).
         """
         config = self.config
         offset, codebook = config.image_token_offset, config.codebook_size
@@ -85,10 +97,14 @@ class LLaDA2UniGenerationMixin(LLaDA2UniInterleavedMixin):
                 raise ValueError("`cfg_image_scale` needs both `uncond_input_ids` and `uncond_image_input_ids`.")
             no_image = _rows(uncond_image_input_ids, "uncond_image_input_ids", len(cond), uncond_image_attention_mask)
         use_cfg = uncond is not None and (cfg_scale != 1.0 or no_image is not None)
+        if SprintConfig.from_setting(sprint) is not None and no_image is not None:
+            logger.info("SPRINT does not support three-way editing CFG (cfg_image_scale != 0): using the exact loop.")
+            sprint = None
         count = height * width
         generation_config = LLaDA2GenerationConfig(
             gen_length=count, steps=min(steps, count), block_length=block_length, threshold=threshold,
-            temperature=temperature, top_k=top_k, top_p=top_p, use_block_cache=use_block_cache,
+            temperature=temperature, top_k=top_k, top_p=top_p, use_block_cache=use_block_cache, sprint=sprint,
+            output_history=output_history,
         ).resolve(config.get_text_config())
         # The image stops only at `<|/image|>`, which the image vocabulary cannot produce.
         generation_config.eos_token_id = None if restrict_to_image_vocab else config.image_end_token_id
@@ -108,19 +124,22 @@ class LLaDA2UniGenerationMixin(LLaDA2UniInterleavedMixin):
                 guided = guided + cfg_image_scale * (uncond_logits - logits[2 * batch :])
             return guided
 
-        generated, passes, _ = self._run_blocks(
+        generated, passes, history = self._run_blocks(
             canvas,
             generation_config,
             combine=combine if use_cfg else None,
             vocab_range=(offset, offset + codebook) if restrict_to_image_vocab else None,
             stop_rule="settled",
             generator=generator,
+            image_range=self._image_id_range(),
         )
         codes = generated - offset
         if not restrict_to_image_vocab and config.image_end_token_id is not None:
             closed = (generated == config.image_end_token_id).cumsum(dim=1) > 0
             codes = codes.masked_fill(closed, -1)
         result = {"token_ids": codes, "height": height, "width": width, "num_forward_passes": passes}
+        if output_history:
+            result["history"] = history
         return result if return_dict else codes
 
 
@@ -168,10 +187,15 @@ class LLaDA2UniGenerationMixin(LLaDA2UniInterleavedMixin):
 
     def generate_image(self, prompt, image_h=1024, image_w=1024, *, processor=None, steps=8, cfg_scale=2.0,
                        block_length=32, mode="normal", thinking_steps=32, thinking_gen_length=4096, threshold=0.95,
-                       temperature=0.0, restrict_to_image_vocab=True, use_block_cache=True, generator=None):
+                       temperature=0.0, restrict_to_image_vocab=True, use_block_cache=True, use_sprint=False,
+                       sprint=None, generator=None, **sprint_options):
         """Text-to-image as in the original API: `{"token_ids": [h*w codes], "h", "w"}` (+ `"thinking"` text in
-        `mode="thinking"`). `image_h` / `image_w` are pixels (32 px per token: 1024 -> a 32 x 32 grid)."""
+        `mode="thinking"`). `image_h` / `image_w` are pixels (32 px per token: 1024 -> a 32 x 32 grid).
+        SPRINT: `use_sprint=True` with the original's keywords (`keep_ratio`, `cache_warmup_steps`,
+        `confidence_alpha`, `image_keep_ratio`, `text_keep_ratio`, `remasking`), or `sprint=` (see `generate()`); it
+        applies to the image phase."""
         processor = self._task_processor(processor)
+        sprint = sprint_from_original(use_sprint, sprint, **sprint_options)
         if mode not in ("normal", "thinking"):
             raise ValueError(f"`mode` must be 'normal' or 'thinking', got {mode!r}.")
         if not isinstance(prompt, str):
@@ -192,7 +216,7 @@ class LLaDA2UniGenerationMixin(LLaDA2UniInterleavedMixin):
             input_ids, uncond_input_ids=batch["uncond_input_ids"], uncond_attention_mask=batch["uncond_attention_mask"],
             height=h, width=w, cfg_scale=cfg_scale, steps=steps, block_length=block_length, threshold=threshold,
             temperature=temperature, restrict_to_image_vocab=restrict_to_image_vocab,
-            use_block_cache=use_block_cache, generator=generator,
+            use_block_cache=use_block_cache, sprint=sprint, generator=generator,
         )
         output = {"token_ids": result["token_ids"][0].tolist(), "h": h, "w": w}
         if thinking is not None:
@@ -201,24 +225,28 @@ class LLaDA2UniGenerationMixin(LLaDA2UniInterleavedMixin):
 
     def understand_image(self, image_tokens=None, h=None, w=None, question="", *, image=None, processor=None,
                          steps=32, gen_length=2048, block_length=32, threshold=0.95, temperature=0.0,
-                         use_block_cache=True, generator=None):
+                         use_block_cache=True, use_sprint=False, sprint=None, generator=None, **sprint_options):
         """Answer `question` about one image (pixels via `image=`, or the original's token ids + grid). Returns the
-        answer text (special tokens removed)."""
+        answer text (special tokens removed). SPRINT settings as in `generate_image`."""
         processor = self._task_processor(processor)
+        sprint = sprint_from_original(use_sprint, sprint, **sprint_options)
         batch = processor(text=question, mode="understanding",
                           **self._image_inputs(image, image_tokens, h, w, "image_tokens"))
         (input_ids,) = self._fill_images(batch, "input_ids")
         out = self.generate(input_ids, gen_length=gen_length, steps=steps, block_length=block_length,
                             threshold=threshold, temperature=temperature, use_block_cache=use_block_cache,
-                            generator=generator)
+                            sprint=sprint, generator=generator)
         return processor.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True)
 
     def edit_image(self, image_tokens=None, h=None, w=None, instruction="", *, image=None, processor=None, steps=8,
                    block_length=32, cfg_text_scale=4.0, cfg_image_scale=0.0, threshold=0.95, temperature=0.0,
-                   restrict_to_image_vocab=True, use_block_cache=True, generator=None):
+                   restrict_to_image_vocab=True, use_block_cache=True, use_sprint=False, sprint=None, generator=None,
+                   **sprint_options):
         """Edit one image (or several references: a list for `image`) following `instruction`, with three-way CFG.
-        Returns `{"token_ids": [h*w codes], "h", "w"}` on the source image's grid (the first one for several)."""
+        Returns `{"token_ids": [h*w codes], "h", "w"}` on the source image's grid (the first one for several).
+        SPRINT settings as in `generate_image`; with `cfg_image_scale` != 0 the exact loop runs instead."""
         processor = self._task_processor(processor)
+        sprint = sprint_from_original(use_sprint, sprint, **sprint_options)
         if not isinstance(instruction, str) or not instruction:
             raise ValueError("`instruction` must be a non-empty string.")
         batch = processor(text=instruction, mode="edit", image_cfg=cfg_image_scale != 0.0,
@@ -234,7 +262,8 @@ class LLaDA2UniGenerationMixin(LLaDA2UniInterleavedMixin):
             uncond_image_attention_mask=batch.get("uncond_image_attention_mask"),
             height=out_h, width=out_w, cfg_scale=cfg_text_scale, cfg_image_scale=cfg_image_scale, steps=steps,
             block_length=block_length, threshold=threshold, temperature=temperature,
-            restrict_to_image_vocab=restrict_to_image_vocab, use_block_cache=use_block_cache, generator=generator,
+            restrict_to_image_vocab=restrict_to_image_vocab, use_block_cache=use_block_cache, sprint=sprint,
+            generator=generator,
         )
         return {"token_ids": result["token_ids"][0].tolist(), "h": out_h, "w": out_w}
 
