@@ -191,12 +191,12 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         image=None,
         question: Union[str, List[str], None] = None,
         instruction: Union[str, List[str], None] = None,
-        height: int = 1024,
-        width: int = 1024,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
         thinking: bool = False,
         num_images_per_prompt: int = 1,
         steps: Optional[int] = None,
-        block_length: int = 32,
+        block_length: Optional[int] = None,
         threshold: float = 0.95,
         temperature: float = 0.0,
         guidance_scale: float = 2.0,
@@ -208,7 +208,7 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         decoder: Optional[str] = None,
         num_inference_steps: Optional[int] = None,
         decoder_guidance_scale: Optional[float] = None,
-        resolution_multiplier: int = 2,
+        resolution_multiplier: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -221,12 +221,14 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         for all of them).
 
         Args:
-            height / width (`int`, defaults to 1024): text-to-image output size in pixels, multiples of
-                16 * `resolution_multiplier` (32 by default); the token grid is height / 32 x width / 32.
+            height / width (`int`, *optional*): text-to-image output size in pixels, multiples of
+                16 * `resolution_multiplier`; the token grid is height / 32 x width / 32 at the default multiplier.
+                Default: the image processor's `generation_size` (1024 for the release, 48 for the shapes model).
             thinking (`bool`): text-to-image with the reasoning phase first (its text comes back in `.text`).
             num_images_per_prompt (`int`, defaults to 1): images per prompt (or per edit instruction).
             steps (`int`, *optional*): LLM denoising steps per block: 8 for images, 32 for answers (the originals).
-            block_length, threshold, temperature: the block-diffusion sampler's settings (see docs/generation.md).
+            block_length, threshold, temperature: the block-diffusion sampler's settings (see docs/generation.md);
+                `block_length` defaults to the model config's (32 for the release).
             guidance_scale (`float`, defaults to 2.0): text-to-image CFG on the LLM logits (1 disables it).
             cfg_text_scale / cfg_image_scale (`float`, defaults to 4.0 / 0.0): editing's three-way CFG.
             max_new_tokens (`int`, defaults to 2048): answer length budget (understanding).
@@ -235,7 +237,8 @@ class LLaDA2UniPipeline(DiffusionPipeline):
                 loaded, else normal.
             num_inference_steps / decoder_guidance_scale (*optional*): the decoder's steps and CFG scale (defaults
                 per decoder: 49 / 2.0 normal, 8 / 1.0 turbo).
-            resolution_multiplier (`int`, defaults to 2): decoded pixels per token side = 16 * resolution_multiplier.
+            resolution_multiplier (`int`, *optional*): decoded pixels per token side = 16 * resolution_multiplier;
+                default: the image processor's `generation_resolution_multiplier` (2 for the release).
             generator (`torch.Generator`, *optional*): randomness of the LLM sampler (temperature > 0) and decoder.
             output_type (`str`, defaults to "pil"): "pil", "np", "pt", "latent" or "tokens" (skip the decoder).
             return_dict (`bool`, defaults to True): return `LLaDA2UniPipelineOutput`, else `(images, text)`.
@@ -250,6 +253,8 @@ class LLaDA2UniPipeline(DiffusionPipeline):
                              f"{output_type!r}.")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"`num_images_per_prompt` must be a positive int, got {num_images_per_prompt!r}.")
+        height, width, resolution_multiplier, block_length = self._defaults(height, width, resolution_multiplier,
+                                                                            block_length)
         llm = {"block_length": block_length, "threshold": threshold, "temperature": temperature,
                "generator": generator}
         decode = None
@@ -280,6 +285,24 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         return LLaDA2UniPipelineOutput(images=images, text=texts, image_tokens=tokens)
 
     # ------------------------------------------------------------------ input checks
+
+    def _mllm_config(self):
+        if self.mllm is not None:
+            return self.mllm.config
+        from transformers_llada_uni import LLaDA2UniConfig  # stage loading: read the config, not the weights
+
+        return LLaDA2UniConfig.from_pretrained(self._source.path("mllm"))
+
+    def _defaults(self, height, width, resolution_multiplier, block_length) -> tuple:
+        """Fill what the caller left out from the model's own files (image processor, LLM config)."""
+        image_processor = self.processor.image_processor
+        size = getattr(image_processor, "generation_size", 1024)
+        if resolution_multiplier is None:
+            resolution_multiplier = getattr(image_processor, "generation_resolution_multiplier", 2)
+        if block_length is None:
+            block_length = self._mllm_config().get_text_config().block_length
+        return (size if height is None else height, size if width is None else width, resolution_multiplier,
+                block_length)
 
     @staticmethod
     def _task(prompt, image, question, instruction) -> str:

@@ -111,6 +111,9 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
         min_pixels / max_pixels (defaults to 128^2 / 800^2), multi_image_max_pixels (defaults to 448^2)
         edit_max_cells (`int`, defaults to 256), edit_max_ratio (`float`, defaults to 4.0)
         edit_crop (`str`, defaults to "center"): "center" (faithful) or "cover".
+        generation_size (`int`, defaults to 1024) / generation_resolution_multiplier (`int`, defaults to 2): the
+            side in pixels and the decoded pixels per token side / 16 that text-to-image uses when the caller gives
+            none (the release's 1024 px at 2x; a model trained on small images records its own).
     """
 
     model_input_names = ["pixel_values", "image_grid_thw"]
@@ -134,6 +137,8 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
         edit_max_cells: int = 256,
         edit_max_ratio: float = 4.0,
         edit_crop: str = "center",
+        generation_size: int = 1024,
+        generation_resolution_multiplier: int = 2,
         **kwargs,
     ):
         for legacy in ("size", "resample", "image_processor_type", "processor_class"):
@@ -160,6 +165,8 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
         self.edit_max_cells = edit_max_cells
         self.edit_max_ratio = edit_max_ratio
         self.edit_crop = self._check_edit_crop(edit_crop)
+        self.generation_size = generation_size
+        self.generation_resolution_multiplier = generation_resolution_multiplier
 
     @staticmethod
     def _check_mode(mode):
