@@ -2,15 +2,18 @@
 
     python benchmarks/eval_shapes.py --model shapes-model              # the test split of examples/shapes
     python benchmarks/eval_shapes.py --model shapes-model --limit 20   # a quick look
+    python benchmarks/eval_shapes.py --model shapes-model --sprint keep_ratio=0.5      # the same with SPRINT
+    python benchmarks/eval_shapes.py --model shapes-model --sprint keep_ratio=0.25,image_keep_ratio=1.0
 
 Text-to-image: the caption of each test scene -> image (turbo decoder) -> `checker.score_t2i` (colour, shape,
 position). Understanding: every question of each test scene, exact match of the answer. Editing: each edit of each
 test scene -> `checker.score_edit` (the asked attribute changed, the rest kept). Tokens per forward pass of
 text-to-image token generation at thresholds 0.95 / 0.9 / 0.7. The last line is one JSON object with `t2i_color`,
-`t2i_shape`, `t2i_position`, `understanding`, `editing` and `tpf_0.9`.
+`t2i_shape`, `t2i_position`, `understanding`, `editing` and `tpf_0.9` (and `sprint`, the settings, with --sprint).
 """
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -27,7 +30,7 @@ from examples.shapes.checker import score_edit, score_t2i  # noqa: E402
 from examples.shapes.dataset import split_scenes  # noqa: E402
 from examples.shapes.world import caption, edits, questions, render  # noqa: E402
 
-SETTINGS = {"block_length": 16, "resolution_multiplier": 1, "decoder": "turbo"}
+SETTINGS = {"decoder": "turbo"}  # image size, multiplier and block length: the model's own defaults
 
 
 def parse_args(argv=None):
@@ -38,15 +41,58 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="the split seed the model was built with")
     parser.add_argument("--threads", type=int, default=None)
-    return parser.parse_args(argv)
+    parser.add_argument("--sprint", default=None, metavar="KEY=VALUE[,KEY=VALUE...]",
+                        help="run every LLM generation with SPRINT: 'on' for the defaults, or SprintConfig fields "
+                        "(keep_ratio, image_keep_ratio, text_keep_ratio, confidence_alpha, cache_warmup_steps, "
+                        "strategy, threshold), e.g. keep_ratio=0.5")
+    args = parser.parse_args(argv)
+    try:
+        args.sprint = parse_sprint(args.sprint)
+    except ValueError as error:
+        parser.error(f"--sprint: {error}")
+    return args
+
+
+def parse_sprint(text):
+    """`None` -> None; "on" -> True; "keep_ratio=0.5,strategy=neg_entropy" -> a checked settings dict."""
+    from transformers_llada_uni.sprint_llada2_uni import SprintConfig
+
+    if text is None:
+        return None
+    if text.strip().lower() in ("on", "true", "default"):
+        return True
+    settings = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        value = value.strip()
+        if value.lower() == "none":
+            settings[key.strip()] = None
+            continue
+        for kind in (int, float):
+            try:
+                value = kind(value)
+                break
+            except ValueError:
+                pass
+        settings[key.strip()] = value
+    SprintConfig.from_setting(settings)
+    return settings
+
+
+def use_sprint(model, sprint):
+    """Make every LLM generation the pipeline runs (understanding: `generate`; text-to-image: `generate_image_tokens`;
+    editing: `edit_image`) use these SPRINT settings, without touching the pipeline."""
+    for name in ("generate", "generate_image_tokens", "edit_image"):
+        setattr(model, name, functools.partial(getattr(model, name), sprint=sprint))
 
 
 def evaluate_t2i(pipe, scenes, batch_size):
     hits = {"color": 0, "shape": 0, "position": 0}
     for start in range(0, len(scenes), batch_size):
         chunk = scenes[start : start + batch_size]
-        images = pipe([caption(s) for s in chunk], height=64, width=64, generator=torch.Generator().manual_seed(0),
-                      **SETTINGS).images
+        images = pipe([caption(s) for s in chunk], generator=torch.Generator().manual_seed(0), **SETTINGS).images
         for scene, image in zip(chunk, images):
             scores = score_t2i(image, scene)
             for key in hits:
@@ -78,13 +124,16 @@ def evaluate_editing(pipe, scenes):
 
 def tokens_per_forward(pipe, scenes, threshold):
     processor, model = pipe.processor, pipe.mllm
-    batch = processor(text=[caption(s) for s in scenes], mode="t2i", grid=(4, 4))
+    image_processor = processor.image_processor
+    h, w = image_processor.generation_grid(image_processor.generation_size, image_processor.generation_size,
+                                           16 * image_processor.generation_resolution_multiplier)
+    batch = processor(text=[caption(s) for s in scenes], mode="t2i", grid=(h, w))
     result = model.generate_image_tokens(batch["input_ids"], attention_mask=batch["attention_mask"],
                                          uncond_input_ids=batch["uncond_input_ids"],
-                                         uncond_attention_mask=batch["uncond_attention_mask"], height=4, width=4,
+                                         uncond_attention_mask=batch["uncond_attention_mask"], height=h, width=w,
                                          cfg_scale=2.0, steps=16, block_length=16, threshold=threshold)
     # Every row of the batch advances in the same forward passes, so this is tokens per pass per image.
-    return 16 / result["num_forward_passes"]
+    return h * w / result["num_forward_passes"]
 
 
 def main(argv=None):
@@ -98,6 +147,8 @@ def main(argv=None):
         return 2
     pipe = LLaDA2UniPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
+    if args.sprint is not None:
+        use_sprint(pipe.mllm, args.sprint)
     scenes = split_scenes(seed=args.seed)[args.split][: args.limit]
     timings, result = {}, {}
     start = time.time()
@@ -110,7 +161,8 @@ def main(argv=None):
     result["editing"], edits_count = evaluate_editing(pipe, scenes)
     timings["editing"] = time.time() - start
     tpf = {threshold: tokens_per_forward(pipe, scenes[:8], threshold) for threshold in (0.95, 0.9, 0.7)}
-    print(f"{len(scenes)} {args.split} scenes, {questions_count} questions, {edits_count} edits")
+    print(f"{len(scenes)} {args.split} scenes, {questions_count} questions, {edits_count} edits"
+          + (f", SPRINT {args.sprint}" if args.sprint is not None else ""))
     print("| task | score | wall time |")
     print("|---|---|---|")
     for key in ("color", "shape", "position"):
@@ -122,7 +174,10 @@ def main(argv=None):
         print(f"| tokens per forward, threshold {threshold} | {value:.2f} | |")
     summary = {"t2i_color": t2i["color"], "t2i_shape": t2i["shape"], "t2i_position": t2i["position"],
                "understanding": result["understanding"], "editing": result["editing"], "tpf_0.9": tpf[0.9]}
-    print(json.dumps({key: round(value, 4) for key, value in summary.items()}))
+    summary = {key: round(value, 4) for key, value in summary.items()}
+    if args.sprint is not None:
+        summary["sprint"] = args.sprint
+    print(json.dumps(summary))
     return 0
 
 

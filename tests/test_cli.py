@@ -16,16 +16,16 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def picture(tmp_path_factory):
     path = tmp_path_factory.mktemp("img") / "red.png"
-    Image.new("RGB", (64, 64), (220, 20, 20)).save(path)
+    Image.new("RGB", (48, 48), (220, 20, 20)).save(path)
     return str(path)
 
 
 def test_commands_write_their_outputs(model_dir, picture, tmp_path, capsys):
     fast = ["--model", model_dir, "--decoder-steps", "1", "--threads", "1"]
     assert main(["generate", "a red circle on the left", "-o", str(tmp_path / "out.png"), *fast]) == 0
-    assert Image.open(tmp_path / "out.png").size == (64, 64)
+    assert Image.open(tmp_path / "out.png").size == (48, 48)
     assert main(["edit", picture, "make the circle blue", "-o", str(tmp_path / "edited.png"), *fast]) == 0
-    assert Image.open(tmp_path / "edited.png").size == (64, 64)
+    assert Image.open(tmp_path / "edited.png").size == (48, 48)
     assert main(["ask", picture, "What colour is the circle?", "--model", model_dir, "--max-new-tokens", "16"]) == 0
     assert "wrote" in capsys.readouterr().out
 

@@ -1,5 +1,5 @@
 """The untrained tiny LLaDA2.0-Uni of the shapes world: built from scratch with the release's classes, saved as one
-converted folder, and run through LLaDA2UniPipeline for all three tasks at the shapes world's 64 px."""
+converted folder, and run through LLaDA2UniPipeline for all three tasks at the shapes world's 48 px."""
 
 import torch
 
@@ -17,12 +17,11 @@ def test_factory_model_runs_every_task(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     scene = Scene((Shape("red", "circle", "left"),))
     image = render(scene)
-    settings = {"block_length": 16, "resolution_multiplier": 1, "num_inference_steps": 2,
-                "generator": torch.Generator().manual_seed(0)}
-    drawn = pipe(caption(scene), height=64, width=64, **settings)
-    assert drawn.images[0].size == (64, 64) and drawn.image_tokens[0]["h"] == 4
+    settings = {"num_inference_steps": 2, "generator": torch.Generator().manual_seed(0)}
+    drawn = pipe(caption(scene), **settings)  # size and multiplier from the model's own image processor
+    assert drawn.images[0].size == (48, 48) and drawn.image_tokens[0]["h"] == 3
     edited = pipe(image=image, instruction="make the circle blue", **settings)
-    assert edited.images[0].size == (64, 64) and edited.image_tokens[0]["token_ids"].numel() == 16
+    assert edited.images[0].size == (48, 48) and edited.image_tokens[0]["token_ids"].numel() == 9
     answer = pipe(image=image, question="What colour is the circle?", max_new_tokens=16, block_length=16)
     assert isinstance(answer.text[0], str)
 
@@ -37,3 +36,26 @@ def test_eval_shapes_reports_every_key(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary) == {"t2i_color", "t2i_shape", "t2i_position", "understanding", "editing", "tpf_0.9"}
     assert all(0.0 <= summary[k] <= 1.0 for k in summary if k != "tpf_0.9") and summary["tpf_0.9"] > 0
+
+
+def test_eval_shapes_passes_sprint_to_every_task(tmp_path, capsys, monkeypatch):
+    import json
+
+    from benchmarks.eval_shapes import main
+    from transformers_llada_uni import generation_llada2_uni
+
+    runs = []
+
+    class CountingSprintRun(generation_llada2_uni.SprintRun):
+        def __init__(self, settings, *args, **kwargs):
+            runs.append(settings)
+            super().__init__(settings, *args, **kwargs)
+
+    monkeypatch.setattr(generation_llada2_uni, "SprintRun", CountingSprintRun)
+    folder = save_untrained(tmp_path / "shapes")
+    assert main(["--model", str(folder), "--limit", "1", "--split", "validation", "--sprint",
+                 "keep_ratio=0.5,strategy=neg_entropy"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["sprint"] == {"keep_ratio": 0.5, "strategy": "neg_entropy"}
+    # t2i (one batch), understanding (one batch), every edit, and the three tokens-per-forward runs used SPRINT.
+    assert len(runs) >= 6 and all(r.keep_ratio == 0.5 and r.strategy == "neg_entropy" for r in runs)

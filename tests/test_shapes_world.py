@@ -14,9 +14,9 @@ from conftest import REPO_ROOT, SRC_DIR
 from examples.shapes.checker import detect, edit_report, read_scene, score_edit, score_t2i
 from examples.shapes.dataset import SPLITS, TASKS, build_datasets, split_scenes
 from examples.shapes.world import (VOCABULARY, Scene, Shape, all_scenes, caption, changed_attribute, edits,
-                                   questions, random_scene, render, words)
+                                   new_colour_scenes, questions, random_scene, render, words)
 
-# Every 4th scene of the fixed world order: 428 scenes with every colour, shape, position and count.
+# Every 4th scene of the fixed world order: 698 scenes with every colour, shape, position and count.
 SAMPLE = all_scenes()[::4]
 
 
@@ -45,7 +45,7 @@ def _raw(dataset):
 
 def test_world_rules_and_random_scenes():
     world = all_scenes()
-    assert len(world) == len(set(world)) == 1710
+    assert len(world) == len(set(world)) == 2790
     rng = random.Random(0)
     assert all(random_scene(rng) in set(world) for _ in range(200))
     assert random_scene(random.Random(5)) == random_scene(random.Random(5))
@@ -55,7 +55,7 @@ def test_world_rules_and_random_scenes():
     assert Scene((a, b)) == Scene((b, a))
     assert caption(Scene((a, b))) == "a blue square on the left and a red circle on the right"
     for bad in [(a, Shape("red", "square", "top")), (a, Shape("blue", "square", "right")),
-                (Shape("red", "circle", "center"), b), ()]:
+                (Shape("teal", "circle", "center"), b), (a, b, Shape("green", "circle", "top")), ()]:
         with pytest.raises(ValueError):
             Scene(bad)
 
@@ -68,6 +68,8 @@ def test_texts_use_exactly_the_vocabulary():
         for text in texts:
             used.update(words(text))
             assert words(text) == text.lower().replace("?", " ?").split(), text  # nothing outside [a-z ?]
+    for scene in new_colour_scenes():
+        used.update(words(caption(scene)))
     assert used == set(VOCABULARY)
 
 
@@ -102,11 +104,11 @@ def test_datasets_are_deterministic_and_split_by_scene(small):
         for split in SPLITS:
             assert set(small[task][split]["scene"]) == by_split[split], (task, split)
     whole = split_scenes(None, seed=0)
-    assert sum(map(len, whole.values())) == 1710
-    assert len(set().union(*map(set, whole.values()))) == 1710  # disjoint and covering
+    assert sum(map(len, whole.values())) == 2790
+    assert len(set().union(*map(set, whole.values()))) == 2790  # disjoint and covering
     assert all(any(len(s.shapes) == 1 for s in whole[split]) for split in SPLITS)  # stratified
-    with pytest.raises(ValueError, match="1710"):
-        split_scenes(2000)
+    with pytest.raises(ValueError, match="2790"):
+        split_scenes(3000)
 
 
 def test_rows_match_the_collator_and_the_ground_truth(small):
@@ -139,7 +141,24 @@ def test_checker_reads_clean_renders_exactly():
         assert read_scene(render(scene)) == scene, scene  # every shape, and nothing else
     assert all(all(score_t2i(render(scene), scene).values()) for scene in SAMPLE[::5])
     assert read_scene(render(SAMPLE[7], size=128)) == SAMPLE[7]  # sizes scale with the image
-    assert detect(Image.new("RGB", (64, 64), (245, 245, 240))) == []
+    assert detect(Image.new("RGB", (48, 48), (245, 245, 240))) == []
+    pink = [s for s in new_colour_scenes() if len(s.shapes) == 2][::37]
+    assert pink and all(read_scene(render(scene)) == scene for scene in pink)
+
+
+def test_every_patch_shows_one_whole_shape_or_nothing():
+    # The world is built on the tokenizer's 16 px grid: a shape's pixels never leave its cell.
+    from examples.shapes.world import CELL, CELLS
+
+    for scene in SAMPLE[::7]:
+        pixels = np.asarray(render(scene))
+        for s in scene.shapes:
+            col, row = CELLS[s.position]
+            inside = np.zeros(pixels.shape[:2], bool)
+            inside[row * CELL:(row + 1) * CELL, col * CELL:(col + 1) * CELL] = True
+            coloured = (pixels != (245, 245, 240)).any(-1)
+            assert not (coloured & ~inside & (pixels == pixels[row * CELL + CELL // 2, col * CELL + CELL // 2])
+                        .all(-1)).any(), (scene, s)
 
 
 def test_checker_survives_noise_and_blur():
@@ -166,7 +185,7 @@ def test_checker_scores_wrong_images_wrong():
             assert not score[key[attribute]], (scene, wrong)
             if attribute != "colour":  # a missing colour fails all three; otherwise only the changed attribute
                 assert all(score[k] for a, k in key.items() if a != attribute), (scene, wrong)
-    blank = Image.new("RGB", (64, 64), (245, 245, 240))
+    blank = Image.new("RGB", (48, 48), (245, 245, 240))
     assert not any(score_t2i(blank, SAMPLE[0]).values())
 
 
@@ -195,4 +214,4 @@ def test_cli_writes_loadable_datasets(tmp_path):
     assert len(load_from_disk(str(tmp_path / "data" / "editing"))["train"]) == 24
     result = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "more"), "--num-scenes", "5000"],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "1710" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode != 0 and "2790" in result.stderr and "Traceback" not in result.stderr

@@ -2,9 +2,20 @@
 
     python examples/shapes/build.py --out shapes-model            # the full recipe
     python examples/shapes/build.py --out /tmp/smoke --quick      # every stage for a few steps (a smoke test)
+    python examples/shapes/build.py --out shapes-model --resume   # reuse the stages a previous run finished
 
 Stages (each in its own module): 1 SigLIP-VQ tokenizer, 2 VAE, 3 Z-Image decoder + turbo distillation, 4 MoE LLM.
 Only training scenes are seen by any stage; the validation and test scenes of `dataset.split_scenes` stay held out.
+The pixel side (stages 1-3) also sees the training part of the new-colour (pink) scenes, which the LLM never sees.
+Each finished stage's weights are kept in `--work` (default: `.<out>-work` beside `out`); `--resume` loads them
+instead of training again (delete a stage's file to redo it and everything after it). `--stages` trains only some
+stages and loads the rest, so on two cores the LLM and the pixel side can train side by side:
+
+    python examples/shapes/build.py --out M --stages tokenizer --threads 2
+    python examples/shapes/build.py --out M --stages llm --threads 1 &              # these two at once
+    python examples/shapes/build.py --out M --stages vae,decoder,turbo --threads 1
+    python examples/shapes/build.py --out M --resume                                # loads all, writes M
+
 The result loads with `LLaDA2UniPipeline.from_pretrained(out)`.
 """
 
@@ -19,7 +30,7 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from examples.shapes.dataset import split_scenes  # noqa: E402
+from examples.shapes.dataset import new_colour_split, split_scenes  # noqa: E402
 from examples.shapes.factory import (  # noqa: E402
     ShapesModelSizes,
     build_model,
@@ -32,11 +43,12 @@ from examples.shapes.train_decoder import distill_turbo, train_normal, vae_laten
 from examples.shapes.train_llm import task_rows, train_llm  # noqa: E402
 from examples.shapes.train_tokenizer import encode, patch_pixels, to_target, train_tokenizer  # noqa: E402
 from examples.shapes.train_vae import train_vae  # noqa: E402
-from examples.shapes.world import VOCABULARY, all_scenes, render  # noqa: E402
+from examples.shapes.world import ALL_COLOURS, VOCABULARY, all_scenes, render  # noqa: E402
 
-# Sized for 2 CPU cores (about an hour in all); more steps help every stage.
-FULL = {"tokenizer": 1500, "vae": 600, "decoder": 1500, "turbo": 800, "llm": 1500}
+# Sized for 2 CPU cores (see docs/shapes.md for the time each stage takes); more steps help every stage.
+FULL = {"tokenizer": 1500, "vae": 800, "decoder": 3000, "turbo": 1000, "llm": 4000}
 QUICK = {"tokenizer": 5, "vae": 5, "decoder": 5, "turbo": 5, "llm": 5}
+LLM_BATCH = 32
 
 
 def scene_codes(model, processor, scenes) -> dict:
@@ -48,50 +60,116 @@ def scene_codes(model, processor, scenes) -> dict:
     return {scene: {"token_ids": row, "h": h, "w": w} for scene, row in zip(scenes, codes)}
 
 
-def build(out: Path, *, quick=False, seed=0, threads=None, log=print) -> dict:
+STAGES = ("tokenizer", "vae", "decoder", "turbo", "llm")
+NEEDS = {"tokenizer": (), "vae": (), "decoder": ("tokenizer", "vae"), "turbo": ("vae", "decoder"), "llm": ("tokenizer",)}
+
+
+class Stages:
+    """Runs the named stages in order, timing each. A trained stage's modules are saved to `work/<name>.pt`; a stage
+    this run does not train (not in `train`, or already saved and `resume`) is loaded from there when it exists."""
+
+    def __init__(self, work: Path, train, resume: bool, log):
+        self.work, self.train, self.resume, self.log = work, set(train), resume, log
+        self.timings, self.metrics, self.ready = {}, {}, set()
+        work.mkdir(parents=True, exist_ok=True)
+
+    def run(self, name, modules: dict, train):
+        path = self.work / f"{name}.pt"
+        start = time.time()
+        if name in self.train and not (self.resume and path.is_file()):
+            missing = [need for need in NEEDS[name] if need not in self.ready]
+            if missing:
+                raise SystemExit(f"error: stage {name} needs {missing} trained first (in {self.work})")
+            result, how = train(), "trained"
+            state = {key: module.state_dict() for key, module in modules.items()}
+            torch.save({"state": state, "metrics": result}, path)
+        elif path.is_file():
+            saved = torch.load(path, weights_only=True)
+            for key, module in modules.items():
+                module.load_state_dict(saved["state"][key])
+            result, how = saved["metrics"], f"loaded from {path}"
+        else:
+            self.log(f"== {name}: not trained in this run and not in {self.work}; skipped")
+            return None
+        for module in modules.values():
+            module.eval()
+        self.ready.add(name)
+        self.timings[name] = round(time.time() - start, 1)
+        self.metrics[name] = result
+        self.log(f"== {name} {how} in {self.timings[name]} s: {result}")
+        return result
+
+
+def build(out: Path, *, quick=False, seed=0, threads=None, work=None, stages=STAGES, resume=False,
+          log=print) -> dict:
+    """Train `stages` (the others are loaded from `work`) and, when every stage is ready, write the model to `out`."""
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise SystemExit(f"error: unknown stages {unknown}; choose from {list(STAGES)}")
     if threads:
         torch.set_num_threads(threads)
     steps = QUICK if quick else FULL
-    timings, metrics, started = {}, {}, time.time()
+    started = time.time()
     splits = split_scenes(seed=seed)
     train = splits["train"]
+    pixel_train = train + new_colour_split(seed)["train"]  # the pixel side also learns to draw pink
     sizes = ShapesModelSizes()
     tokenizer = build_tokenizer(VOCABULARY)
     processor = build_processor(tokenizer, sizes)
     model = build_model(tokenizer, sizes, seed=seed)
     pixel = build_pixel_side(sizes, seed=seed)
+    run = Stages(Path(work) if work else out.parent / f".{out.name}-work", stages, resume, log)
+    cache = {}
 
-    def stage(name, fn):
-        start = time.time()
-        result = fn()
-        timings[name] = round(time.time() - start, 1)
-        log(f"== {name} done in {timings[name]} s: {result}")
-        return result
+    def codes():  # every scene's code grid, from the trained tokenizer
+        if "codes" not in cache:
+            cache["codes"] = scene_codes(model, processor, all_scenes(ALL_COLOURS))
+        return cache["codes"]
 
-    metrics["tokenizer"] = stage("tokenizer", lambda: train_tokenizer(
-        model, processor, train, steps=steps["tokenizer"], seed=seed, log=log))
-    codes = scene_codes(model, processor, all_scenes())
-    metrics["vae"] = stage("vae", lambda: train_vae(pixel["vae"], train, steps=steps["vae"], seed=seed, log=log))
+    def pixel_data():  # (codes [N, 9], grid, normalised VAE latents) of the pixel side's training scenes
+        if "pixel" not in cache:
+            grids = codes()
+            latents = vae_latents(pixel["vae"], to_target([render(scene) for scene in pixel_train]))
+            cache["pixel"] = (torch.stack([grids[scene]["token_ids"] for scene in pixel_train]),
+                              (grids[train[0]]["h"], grids[train[0]]["w"]), latents)
+        return cache["pixel"]
 
-    train_codes = torch.stack([codes[scene]["token_ids"] for scene in train])
-    grid = (codes[train[0]]["h"], codes[train[0]]["w"])
-    latents = vae_latents(pixel["vae"], to_target([render(scene) for scene in train]))
-    stage("decoder", lambda: train_normal(pixel["semantic_embedder"], pixel["transformer"], train_codes, latents,
-                                          grid, steps=steps["decoder"], seed=seed, log=log))
-    # The teacher's 49-step CFG samples are the expensive part: a random subset of the training grids is enough.
-    subset = torch.randperm(len(train_codes), generator=torch.Generator().manual_seed(seed))[:384]
-    stage("turbo", lambda: distill_turbo(
-        pixel["semantic_embedder"], pixel["transformer"], pixel["transformer_turbo"], pixel["scheduler"],
-        pixel["scheduler_turbo"], train_codes[subset], grid, tuple(latents.shape[1:]), steps=steps["turbo"],
-        teacher_steps=4 if quick else 49, seed=seed, log=log) is not None)
-    rows = task_rows(train, lambda scene: codes[scene], seed=seed)
-    logs = stage("llm", lambda: train_llm(model, processor, rows, out.parent / f".{out.name}-trainer",
-                                          steps=steps["llm"], batch_size=16, seed=seed))
-    metrics["llm_loss"] = [round(entry["loss"], 4) for entry in logs]
+    def train_decoder():
+        train_codes, grid, latents = pixel_data()
+        return train_normal(pixel["semantic_embedder"], pixel["transformer"], train_codes, latents, grid,
+                            steps=steps["decoder"], seed=seed, log=log)
+
+    def train_turbo():
+        train_codes, grid, latents = pixel_data()
+        # The teacher's 49-step CFG samples are the expensive part: a random subset of the training grids is enough.
+        subset = torch.randperm(len(train_codes), generator=torch.Generator().manual_seed(seed))[:768]
+        return distill_turbo(pixel["semantic_embedder"], pixel["transformer"], pixel["transformer_turbo"],
+                             pixel["scheduler"], pixel["scheduler_turbo"], train_codes[subset], grid,
+                             tuple(latents.shape[1:]), steps=steps["turbo"], teacher_steps=4 if quick else 49,
+                             seed=seed, log=log)
+
+    def train_language():
+        rows = task_rows(train, lambda scene: codes()[scene], seed=seed)
+        log(f"llm: {len(rows)} rows")
+        return {"losses": train_llm(model, processor, rows, run.work / "trainer", steps=steps["llm"],
+                                    batch_size=LLM_BATCH, seed=seed, log=log), "rows": len(rows)}
+
+    run.run("tokenizer", {"visual": model.visual, "vqmodel": model.vqmodel}, lambda: train_tokenizer(
+        model, processor, pixel_train, steps=steps["tokenizer"], seed=seed, log=log))
+    run.run("vae", {"vae": pixel["vae"]}, lambda: train_vae(
+        pixel["vae"], pixel_train, steps=steps["vae"], seed=seed, log=log))
+    run.run("decoder", {"embedder": pixel["semantic_embedder"], "transformer": pixel["transformer"]}, train_decoder)
+    run.run("turbo", {"transformer_turbo": pixel["transformer_turbo"]}, train_turbo)
+    # The LLM's checkpoint holds the whole composite model, tokenizer included (its weights are frozen here).
+    run.run("llm", {"model": model}, train_language)
+    summary = {"timings_s": run.timings, "metrics": run.metrics, "steps": steps,
+               "splits": {k: len(v) for k, v in splits.items()}, "pixel_scenes": len(pixel_train), "quick": quick}
+    missing = [name for name in STAGES if name not in run.ready]
+    if missing:
+        log(f"stages {missing} are not ready: no model written (train them, then rerun with --resume)")
+        return summary
     save_pipeline(out, processor, model, pixel)
-    timings["total"] = round(time.time() - started, 1)
-    summary = {"timings_s": timings, "metrics": metrics, "splits": {k: len(v) for k, v in splits.items()},
-               "llm_rows": len(rows), "quick": quick}
+    run.timings["total"] = round(time.time() - started, 1)
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -102,8 +180,15 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test; the model is bad)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--work", type=Path, default=None, help="folder for stage checkpoints (default: .<out>-work)")
+    parser.add_argument("--resume", action="store_true", help="load the stages a previous run finished")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help="comma-separated stages to train (the others are loaded from --work when there); e.g. "
+                             "train the LLM and the pixel side in two processes after the tokenizer")
     args = parser.parse_args(argv)
-    summary = build(args.out, quick=args.quick, seed=args.seed, threads=args.threads)
+    summary = build(args.out, quick=args.quick, seed=args.seed, threads=args.threads, work=args.work,
+                    stages=[name.strip() for name in args.stages.split(",") if name.strip()], resume=args.resume,
+                    log=lambda message: print(message, flush=True))
     print(json.dumps(summary["timings_s"]))
     return 0
 

@@ -15,13 +15,13 @@ import numpy as np
 from PIL import Image
 
 try:
-    from .world import COLOURS, POSITIONS, SHAPE_SIZE, SHAPES, Scene, Shape
+    from .world import ALL_COLOURS, IMAGE_SIZE, POSITIONS, SHAPE_SIZE, SHAPES, Scene, Shape
 except ImportError:  # run as a script from this folder
-    from world import COLOURS, POSITIONS, SHAPE_SIZE, SHAPES, Scene, Shape
+    from world import ALL_COLOURS, IMAGE_SIZE, POSITIONS, SHAPE_SIZE, SHAPES, Scene, Shape
 
-_NAMES = list(COLOURS)
-_PALETTE = np.array([COLOURS[n] for n in _NAMES], dtype=np.float32)
-_ANCHORS = {name: (x / 64, y / 64) for name, (x, y) in POSITIONS.items()}
+_NAMES = list(ALL_COLOURS)
+_PALETTE = np.array([ALL_COLOURS[n] for n in _NAMES], dtype=np.float32)
+_ANCHORS = {name: (x / IMAGE_SIZE, y / IMAGE_SIZE) for name, (x, y) in POSITIONS.items()}
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def detect(image: Image.Image, max_distance: float = 100.0, min_area_fraction: f
     covered = np.take_along_axis(coverage, nearest[..., None], -1)[..., 0]
     classes = np.where((covered >= 0.5) & (nearest_residual < max_distance), nearest, -1)
     labels = _label(classes)
-    side = SHAPE_SIZE * (width * height) ** 0.5 / 64
+    side = SHAPE_SIZE * (width * height) ** 0.5 / IMAGE_SIZE
     min_area = max(min_area_fraction * side * side / 2, 4)
 
     found = []

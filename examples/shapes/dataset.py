@@ -20,9 +20,9 @@ if TYPE_CHECKING:
     from datasets import DatasetDict
 
 try:
-    from .world import Scene, all_scenes, caption, changed_attribute, edits, questions, render
+    from .world import Scene, all_scenes, caption, changed_attribute, edits, new_colour_scenes, questions, render
 except ImportError:  # run as a script from this folder
-    from world import Scene, all_scenes, caption, changed_attribute, edits, questions, render
+    from world import Scene, all_scenes, caption, changed_attribute, edits, new_colour_scenes, questions, render
 
 TASKS = ("text-to-image", "understanding", "editing")
 SPLITS = ("train", "validation", "test")
@@ -62,6 +62,15 @@ def split_scenes(num_scenes: Optional[int] = None, seed: int = 0,
     for split in SPLITS:
         rng.shuffle(out[split])
     return out
+
+
+def new_colour_split(seed: int = 0, train: float = 0.8) -> Dict[str, list]:
+    """The scenes with a new colour (pink), cut into "train" (seen by the pixel side, and by the tutorial's LoRA) and
+    "test" (never trained on)."""
+    scenes = new_colour_scenes()
+    random.Random(f"new-colour/{seed}").shuffle(scenes)
+    cut = round(train * len(scenes))
+    return {"train": scenes[:cut], "test": scenes[cut:]}
 
 
 def _rows(scenes, seed: int) -> Dict[str, dict]:

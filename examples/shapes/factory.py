@@ -25,8 +25,8 @@ TEMPLATE_WORDS = ("SYSTEM HUMAN ASSISTANT You are a an text - to image generatio
 class ShapesModelSizes:
     """Sizes of every part (defaults: a few MB of weights in all, trainable on 2 CPU cores)."""
 
-    codebook_size: int = 256
-    image_size: int = 64  # pixels a side; 16 px patches -> a 4 x 4 token grid
+    codebook_size: int = 64
+    image_size: int = 48  # pixels a side; 16 px patches -> a 3 x 3 token grid
     hidden_size: int = 128
     layers: int = 4
     experts: int = 8
@@ -35,8 +35,8 @@ class ShapesModelSizes:
     vision_hidden: int = 64
     vision_depth: int = 2
     cap_dim: int = 64
-    decoder_dim: int = 64
-    decoder_layers: int = 2
+    decoder_dim: int = 96
+    decoder_layers: int = 3
     decoder_heads: int = 2
     vae_channels: tuple = field(default=(16, 32, 32, 32))
 
@@ -58,10 +58,13 @@ def build_tokenizer(words) -> PreTrainedTokenizerFast:
 def build_processor(tokenizer, sizes: ShapesModelSizes):
     from transformers_llada_uni import LLaDA2UniImageProcessor, LLaDA2UniProcessor
 
-    # Every path keeps a shapes image at its own size: one 16 px patch per token, a 4 x 4 grid for 64 px (the release
-    # resizes understanding inputs to >= 128 px and edit sources to ~512 px, far beyond this world's images).
+    # Every path keeps a shapes image at its own size: one 16 px patch per token, a 3 x 3 grid for 48 px (the release
+    # resizes understanding inputs to >= 128 px and edit sources to ~512 px, far beyond this world's images), and
+    # text-to-image draws at that size, one decoded 16 px cell per token.
     area = sizes.image_size ** 2
-    image_processor = LLaDA2UniImageProcessor(min_pixels=area, max_pixels=area, edit_max_cells=area // 32 ** 2)
+    image_processor = LLaDA2UniImageProcessor(resize_factor=16, min_pixels=area, max_pixels=area,
+                                              edit_max_cells=area // 16 ** 2, generation_size=sizes.image_size,
+                                              generation_resolution_multiplier=1)
     return LLaDA2UniProcessor(image_processor=image_processor, tokenizer=tokenizer,
                               image_token_offset=len(tokenizer), codebook_size=sizes.codebook_size)
 

@@ -31,7 +31,8 @@ def _velocity(transformer, x, t, cap):
 
 def train_normal(embedder, transformer, codes, latents, grid, *, steps=3000, batch_size=32, lr=1e-3, drop=0.1,
                  seed=0, log=print):
-    """Flow-matching training of `transformer` + `embedder` in place on (codes [N, h*w], latents [N, 16, H, W])."""
+    """Flow-matching training of `transformer` + `embedder` in place on (codes [N, h*w], latents [N, 16, H, W]);
+    returns the mean loss of the last 100 steps."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     parameters = list(transformer.parameters()) + list(embedder.parameters())
@@ -39,6 +40,7 @@ def train_normal(embedder, transformer, codes, latents, grid, *, steps=3000, bat
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
     transformer.train()
     embedder.train()
+    recent = []
     for step in range(1, steps + 1):
         index = torch.randint(0, len(codes), (batch_size,), generator=generator)
         x1 = latents[index]
@@ -54,10 +56,12 @@ def train_normal(embedder, transformer, codes, latents, grid, *, steps=3000, bat
         loss.backward()
         optimizer.step()
         schedule.step()
+        recent = (recent + [loss.item()])[-100:]
         if step % 200 == 0 or step == steps:
             log(f"decoder step {step}/{steps}: flow-matching loss {loss.item():.4f}")
     transformer.eval()
     embedder.eval()
+    return {"final_loss": round(sum(recent) / len(recent), 4)}
 
 
 class _Quiet:
@@ -81,7 +85,8 @@ class _Quiet:
 
 def distill_turbo(embedder, teacher, student, scheduler_normal, scheduler_turbo, codes, grid, latent_shape, *,
                   steps=2000, batch_size=32, lr=5e-4, teacher_steps=49, guidance=2.0, seed=0, log=print):
-    """Teacher samples for every code grid, then the student learns them on the turbo grid (in place)."""
+    """Teacher samples for every code grid, then the student learns them on the turbo grid (in place); returns the
+    mean loss of the last 100 steps."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     student.load_state_dict(teacher.state_dict())
@@ -98,6 +103,7 @@ def distill_turbo(embedder, teacher, student, scheduler_normal, scheduler_turbo,
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
     student.train()
+    recent = []
     for step in range(1, steps + 1):
         index = torch.randint(0, len(codes), (batch_size,), generator=generator)
         x1 = targets[index]
@@ -110,10 +116,11 @@ def distill_turbo(embedder, teacher, student, scheduler_normal, scheduler_turbo,
         loss.backward()
         optimizer.step()
         schedule.step()
+        recent = (recent + [loss.item()])[-100:]
         if step % 200 == 0 or step == steps:
             log(f"turbo step {step}/{steps}: distillation loss {loss.item():.4f}")
     student.eval()
-    return targets
+    return {"final_loss": round(sum(recent) / len(recent), 4), "teacher_samples": len(codes)}
 
 
 __all__ = ["distill_turbo", "train_normal", "vae_latents"]

@@ -9,7 +9,7 @@ carry `image_tokens` / `target_image_tokens`. Rows: one caption per scene (text-
 import random
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from examples.shapes.world import caption, edits, questions
 from transformers_llada_uni import LLaDA2UniDataCollator
@@ -17,24 +17,40 @@ from transformers_llada_uni import LLaDA2UniDataCollator
 UNCONDITION = "<uncondition>"
 
 
-def task_rows(scenes, codes_of, *, uncondition_rate=0.1, seed=0) -> list:
-    """Collator rows for `scenes`; `codes_of(scene)` gives its 4 x 4 code grid as a dict (token_ids, h, w)."""
+def task_rows(scenes, codes_of, *, uncondition_rate=0.1, t2i_repeats=4, edit_repeats=2, seed=0) -> list:
+    """Collator rows for `scenes`; `codes_of(scene)` gives its 3 x 3 code grid as a dict (token_ids, h, w).
+
+    A scene has one caption and three edits but 7-13 questions, so captions and edits are repeated (`t2i_repeats`,
+    `edit_repeats`; each copy draws its own masks in training and its own `<uncondition>` coin) to keep the three
+    tasks near one third of the rows each."""
     rng = random.Random(seed)
     rows = []
     for scene in scenes:
         codes = codes_of(scene)
-        text = UNCONDITION if rng.random() < uncondition_rate else caption(scene)
-        rows.append({"prompt": text, "target_image_tokens": codes})
+        for _ in range(t2i_repeats):
+            text = UNCONDITION if rng.random() < uncondition_rate else caption(scene)
+            rows.append({"prompt": text, "target_image_tokens": codes})
         rows += [{"image_tokens": codes, "question": q, "answer": a} for q, a in questions(scene)]
         for instruction, edited in edits(scene, rng):
-            text = UNCONDITION if rng.random() < uncondition_rate else instruction
-            rows.append({"image_tokens": codes, "instruction": text, "target_image_tokens": codes_of(edited)})
+            for _ in range(edit_repeats):
+                text = UNCONDITION if rng.random() < uncondition_rate else instruction
+                rows.append({"image_tokens": codes, "instruction": text, "target_image_tokens": codes_of(edited)})
     rng.shuffle(rows)
     return rows
 
 
-def train_llm(model, processor, rows, output_dir, *, steps=3000, batch_size=32, lr=2e-3, seed=0):
-    """Full training of the backbone (the vision tokenizer stays frozen) with the stock Trainer; returns its logs."""
+class _Log(TrainerCallback):
+    def __init__(self, log):
+        self.log = log
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.log(f"llm step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f}")
+
+
+def train_llm(model, processor, rows, output_dir, *, steps=3000, batch_size=32, lr=2e-3, seed=0, log=print):
+    """Full training of the backbone (the vision tokenizer stays frozen) with the stock Trainer; returns the loss
+    every 100 steps."""
     text_config = model.config.get_text_config()
     text_config.diffusion_training = {"mask_ratio_min": 0.05, "mask_ratio_max": 1.0, "loss_weighting": "inverse_t"}
     for module in (model.visual, model.vqmodel):
@@ -44,13 +60,13 @@ def train_llm(model, processor, rows, output_dir, *, steps=3000, batch_size=32, 
         output_dir=str(output_dir), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=lr,
         lr_scheduler_type="cosine", warmup_steps=min(100, steps // 10), weight_decay=0.0, logging_steps=100,
         save_strategy="no", report_to=[], remove_unused_columns=False, use_cpu=True, seed=seed,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, disable_tqdm=True,
     )
     torch.manual_seed(seed)
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator, callbacks=[_Log(log)])
     trainer.train()
     model.eval()
-    return [entry for entry in trainer.state.log_history if "loss" in entry]
+    return [round(entry["loss"], 4) for entry in trainer.state.log_history if "loss" in entry]
 
 
 __all__ = ["task_rows", "train_llm"]

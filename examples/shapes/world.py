@@ -1,15 +1,22 @@
-"""The shapes world: scenes of one or two coloured shapes on a 64x64 image, and every text said about them.
+"""The shapes world: scenes of one or two coloured shapes on a 48x48 image, and every text said about them.
+
+The image is a 3 x 3 grid of 16 px cells, the image tokenizer's patch size; the five positions (left, right, top,
+bottom, center) are the cells of a plus sign, and a shape is drawn 12 px wide in the middle of its cell. So every
+patch shows the background or exactly one whole shape, and a scene's token grid is a direct composition of what
+each shape looks like on its own (an earlier 64 px world with anchors straddling the patch grid drew each shape into
+4-6 patches differently depending on its place, which the tiny models could not learn; see docs/shapes.md).
 
 Rules that keep every text unambiguous (each question has exactly one answer, each edit exactly one target):
 
 * a scene holds 1 or 2 shapes; two shapes never share a colour (so "the red shape" always names one) nor a
-  position, and "center" is only used alone (a centred shape would sit 1 px from any other: blurred, the two
-  would merge, and their blend can read as a third colour);
+  position;
 * two shapes may share a shape name; then they are referred to as "the red circle", otherwise as "the circle".
 
-The world is small and finite (`all_scenes()`: 1710 scenes), which is what lets a tiny model learn it on a CPU
-and lets the datasets hold out whole scenes. Texts are plain English over the fixed `VOCABULARY` (lower-cased:
-questions start with a capital, so a tokenizer built from it should lower-case its input).
+The world is small and finite (`all_scenes()`: 2790 scenes over the six `COLOURS`), which is what lets a tiny model
+learn it on a CPU and lets the datasets hold out whole scenes. `NEW_COLOURS` (pink) is drawn and read by the pixel
+side but never used by the LLM's training scenes: the tutorial teaches it to the LLM with a LoRA. Texts are plain
+English over the fixed `VOCABULARY` (lower-cased: questions start with a capital, so a tokenizer built from it
+should lower-case its input).
 """
 
 import json
@@ -27,13 +34,18 @@ COLOURS = {
     "red": (220, 20, 20), "green": (20, 160, 40), "blue": (30, 60, 220),
     "yellow": (240, 210, 0), "purple": (140, 40, 190), "orange": (245, 120, 0),
 }
+# Not in any training scene of the LLM (see the module docstring); far from every colour above and the background.
+NEW_COLOURS = {"pink": (250, 110, 190)}
 SHAPES = ("circle", "square", "triangle")
-# Centres on the 64 px grid, symmetric about the image centre (31.5). Side 18 puts the left box at x 4..21, y 23..40
-# and the top box at x 23..40, y 4..21: any two non-center shapes are at least 1 px apart even at their corners, and
-# 4 px from the image border, which the checker reads as background.
-POSITIONS = {"left": (13, 32), "right": (51, 32), "top": (32, 13), "bottom": (32, 51), "center": (32, 32)}
-SHAPE_SIZE = 18
+IMAGE_SIZE = 48
+CELL = 16  # the image tokenizer's patch size
+# Cell (column, row) of each position in the 3 x 3 grid; a shape's 12 px box sits 2 px inside its cell, so shapes
+# in neighbouring cells are 4 px apart and the image border (read by the checker as background) stays clear.
+CELLS = {"left": (0, 1), "right": (2, 1), "top": (1, 0), "bottom": (1, 2), "center": (1, 1)}
+POSITIONS = {name: (CELL * col + CELL // 2, CELL * row + CELL // 2) for name, (col, row) in CELLS.items()}
+SHAPE_SIZE = 12
 BACKGROUND = (245, 245, 240)
+ALL_COLOURS = {**COLOURS, **NEW_COLOURS}
 NUMBERS = {1: "one", 2: "two"}
 # "on the left" reads right, "on the top" does not.
 WHERE = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
@@ -42,7 +54,7 @@ WHERE = {"left": "on the left", "right": "on the right", "top": "at the top", "b
 VOCABULARY = (
     "a", "and", "the", "on", "at", "in", "to", "into", "?",
     "left", "right", "top", "bottom", "center",
-    "red", "green", "blue", "yellow", "purple", "orange",
+    "red", "green", "blue", "yellow", "purple", "orange", "pink",
     "circle", "square", "triangle",
     "what", "where", "how", "many", "is", "are", "there", "colour", "shape", "shapes", "one", "two",
     "make", "turn", "move",
@@ -80,14 +92,12 @@ def _invalid(shapes) -> str:
     if not 1 <= len(shapes) <= 2:
         return "a scene holds 1 or 2 shapes"
     for s in shapes:
-        if s.colour not in COLOURS or s.shape not in SHAPES or s.position not in POSITIONS:
+        if s.colour not in ALL_COLOURS or s.shape not in SHAPES or s.position not in POSITIONS:
             return f"unknown attribute in {s}"
     if len({s.colour for s in shapes}) < len(shapes):
         return "two shapes share a colour"
     if len({s.position for s in shapes}) < len(shapes):
         return "two shapes share a position"
-    if len(shapes) > 1 and any(s.position == "center" for s in shapes):
-        return "'center' is only used by a shape alone"
     return ""
 
 
@@ -95,14 +105,20 @@ def is_valid(shapes) -> bool:
     return not _invalid(tuple(shapes))
 
 
-def all_scenes() -> List[Scene]:
-    """Every scene of the world, in a fixed order."""
-    singles = [Scene((Shape(c, s, p),)) for c, s, p in product(COLOURS, SHAPES, POSITIONS)]
+def all_scenes(colours=None) -> List[Scene]:
+    """Every scene of the world over `colours` (default: the six `COLOURS`), in a fixed order."""
+    colours = list(COLOURS if colours is None else colours)
+    singles = [Scene((Shape(c, s, p),)) for c, s, p in product(colours, SHAPES, POSITIONS)]
     pairs = []
-    for (c1, c2), (p1, p2) in product(combinations(COLOURS, 2), product(POSITIONS, repeat=2)):
+    for (c1, c2), (p1, p2) in product(combinations(colours, 2), product(POSITIONS, repeat=2)):
         if is_valid([Shape(c1, SHAPES[0], p1), Shape(c2, SHAPES[0], p2)]):
             pairs += [Scene((Shape(c1, s1, p1), Shape(c2, s2, p2))) for s1, s2 in product(SHAPES, repeat=2)]
     return singles + pairs
+
+
+def new_colour_scenes() -> List[Scene]:
+    """The scenes that use a colour of `NEW_COLOURS` (none of them is in `all_scenes()`)."""
+    return [scene for scene in all_scenes(ALL_COLOURS) if any(s.colour in NEW_COLOURS for s in scene.shapes)]
 
 
 def random_scene(rng: random.Random, max_shapes: int = 2) -> Scene:
@@ -111,21 +127,21 @@ def random_scene(rng: random.Random, max_shapes: int = 2) -> Scene:
         raise ValueError(f"a scene holds 1 or 2 shapes; max_shapes={max_shapes}")
     count = rng.randint(1, max_shapes)
     colours = rng.sample(list(COLOURS), count)
-    positions = rng.sample(list(POSITIONS) if count == 1 else [p for p in POSITIONS if p != "center"], count)
+    positions = rng.sample(list(POSITIONS), count)
     return Scene(tuple(Shape(c, rng.choice(SHAPES), p) for c, p in zip(colours, positions)))
 
 
-def render(scene: Scene, size: int = 64) -> Image.Image:
+def render(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
     """The scene as an RGB image; ImageDraw does not anti-alias, so every pixel is the background or a named colour."""
     image = Image.new("RGB", (size, size), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    scale = size / 64
+    scale = size / IMAGE_SIZE
     side = round(SHAPE_SIZE * scale)
     for s in scene.shapes:
         cx, cy = (round(v * scale) for v in POSITIONS[s.position])
         x0, y0 = cx - side // 2, cy - side // 2
         x1, y1 = x0 + side - 1, y0 + side - 1  # PIL boxes are inclusive
-        fill = COLOURS[s.colour]
+        fill = ALL_COLOURS[s.colour]
         if s.shape == "circle":
             draw.ellipse([x0, y0, x1, y1], fill=fill)
         elif s.shape == "square":
@@ -176,12 +192,13 @@ def questions(scene: Scene) -> List[Tuple[str, str]]:
 
 
 def edits(scene: Scene, rng: random.Random) -> List[Tuple[str, Scene]]:
-    """One colour, one shape and one position edit (each where a valid one exists) of a random shape of the scene."""
-    out = []
+    """One colour, one shape and one position edit (each where a valid one exists) of a random shape of the scene.
+    Colour edits only go to the six `COLOURS`."""
+    out, palette = [], COLOURS
     for attribute in ("colour", "shape", "position"):
         options = []
         for i, s in enumerate(scene.shapes):
-            values = {"colour": COLOURS, "shape": SHAPES, "position": POSITIONS}[attribute]
+            values = {"colour": palette, "shape": SHAPES, "position": POSITIONS}[attribute]
             for value in values:
                 if value == getattr(s, attribute):
                     continue
