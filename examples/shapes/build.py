@@ -105,7 +105,7 @@ def build(out: Path, *, quick=False, seed=0, threads=None, work=None, stages=STA
     """Train `stages` (the others are loaded from `work`) and, when every stage is ready, write the model to `out`."""
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
-        raise SystemExit(f"error: unknown stages {unknown}; choose from {list(STAGES)}")
+        raise SystemExit(f"error: --stages has unknown names {unknown}; choose from {list(STAGES)}")
     if threads:
         torch.set_num_threads(threads)
     steps = QUICK if quick else FULL
