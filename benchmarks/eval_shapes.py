@@ -111,14 +111,15 @@ def evaluate_understanding(pipe, scenes, batch_size):
     return correct / len(pairs), len(pairs)
 
 
-def evaluate_editing(pipe, scenes):
+def evaluate_editing(pipe, scenes, batch_size):
     rng = random.Random(0)
     cases = [(scene, text, target) for scene in scenes for text, target in edits(scene, rng)]
     done = 0
-    for scene, text, target in cases:
-        image = pipe(image=render(scene), instruction=text, generator=torch.Generator().manual_seed(0),
-                     **SETTINGS).images[0]
-        done += int(score_edit(scene, target, image))
+    for start in range(0, len(cases), batch_size):
+        chunk = cases[start : start + batch_size]
+        images = pipe(image=[render(scene) for scene, _, _ in chunk], instruction=[text for _, text, _ in chunk],
+                      generator=torch.Generator().manual_seed(0), **SETTINGS).images
+        done += sum(int(score_edit(scene, target, image)) for (scene, _, target), image in zip(chunk, images))
     return done / len(cases), len(cases)
 
 
@@ -158,7 +159,7 @@ def main(argv=None):
     result["understanding"], questions_count = evaluate_understanding(pipe, scenes, args.batch_size)
     timings["understanding"] = time.time() - start
     start = time.time()
-    result["editing"], edits_count = evaluate_editing(pipe, scenes)
+    result["editing"], edits_count = evaluate_editing(pipe, scenes, args.batch_size)
     timings["editing"] = time.time() - start
     tpf = {threshold: tokens_per_forward(pipe, scenes[:8], threshold) for threshold in (0.95, 0.9, 0.7)}
     print(f"{len(scenes)} {args.split} scenes, {questions_count} questions, {edits_count} edits"
