@@ -46,8 +46,15 @@ from examples.shapes.train_vae import train_vae  # noqa: E402
 from examples.shapes.world import ALL_COLOURS, VOCABULARY, all_scenes, render  # noqa: E402
 
 # Sized for 2 CPU cores (see docs/shapes.md for the time each stage takes); more steps help every stage.
-FULL = {"tokenizer": 1500, "vae": 800, "decoder": 3000, "turbo": 1000, "llm": 4000}
-QUICK = {"tokenizer": 5, "vae": 5, "decoder": 5, "turbo": 5, "llm": 5}
+FULL = {"tokenizer": 1500, "vae": 800, "decoder": 4500, "turbo": 1000, "llm": 4000, "llm2": 2000, "llm3": 1500}
+QUICK = {"tokenizer": 5, "vae": 5, "decoder": 5, "turbo": 5, "llm": 5, "llm2": 5, "llm3": 5}
+# The LLM trains in three cosine cycles (warm restarts at a lower rate each). Flat weighting throughout: the ELBO's
+# 1/t weights make a one-token answer masked at small t count up to 20x, a noisy signal for the understanding rows.
+# The later cycles add complementary masks (every supervised token predicted once per pair of rows).
+FLAT = {"mask_ratio_min": 0.05, "mask_ratio_max": 1.0, "loss_weighting": "none"}
+LLM_PHASES = {"llm": {"lr": 2e-3, "objective": FLAT},
+              "llm2": {"lr": 1e-3, "objective": {**FLAT, "complementary_masking": True}},
+              "llm3": {"lr": 5e-4, "objective": {**FLAT, "complementary_masking": True}}}
 LLM_BATCH = 32
 
 
@@ -60,8 +67,9 @@ def scene_codes(model, processor, scenes) -> dict:
     return {scene: {"token_ids": row, "h": h, "w": w} for scene, row in zip(scenes, codes)}
 
 
-STAGES = ("tokenizer", "vae", "decoder", "turbo", "llm")
-NEEDS = {"tokenizer": (), "vae": (), "decoder": ("tokenizer", "vae"), "turbo": ("vae", "decoder"), "llm": ("tokenizer",)}
+STAGES = ("tokenizer", "vae", "decoder", "turbo", "llm", "llm2", "llm3")
+NEEDS = {"tokenizer": (), "vae": (), "decoder": ("tokenizer", "vae"), "turbo": ("vae", "decoder"), "llm": ("tokenizer",),
+         "llm2": ("llm",), "llm3": ("llm2",)}
 
 
 class Stages:
@@ -148,11 +156,11 @@ def build(out: Path, *, quick=False, seed=0, threads=None, work=None, stages=STA
                              tuple(latents.shape[1:]), steps=steps["turbo"], teacher_steps=4 if quick else 49,
                              seed=seed, log=log)
 
-    def train_language():
-        rows = task_rows(train, lambda scene: codes()[scene], seed=seed)
-        log(f"llm: {len(rows)} rows")
-        return {"losses": train_llm(model, processor, rows, run.work / "trainer", steps=steps["llm"],
-                                    batch_size=LLM_BATCH, seed=seed, log=log), "rows": len(rows)}
+    def train_language(phase, **options):
+        rows = task_rows(train, lambda scene: codes()[scene], seed=seed + list(LLM_PHASES).index(phase))
+        log(f"{phase}: {len(rows)} rows")
+        return {"losses": train_llm(model, processor, rows, run.work / "trainer", steps=steps[phase],
+                                    batch_size=LLM_BATCH, seed=seed, log=log, **options), "rows": len(rows)}
 
     run.run("tokenizer", {"visual": model.visual, "vqmodel": model.vqmodel}, lambda: train_tokenizer(
         model, processor, pixel_train, steps=steps["tokenizer"], seed=seed, log=log))
@@ -161,7 +169,8 @@ def build(out: Path, *, quick=False, seed=0, threads=None, work=None, stages=STA
     run.run("decoder", {"embedder": pixel["semantic_embedder"], "transformer": pixel["transformer"]}, train_decoder)
     run.run("turbo", {"transformer_turbo": pixel["transformer_turbo"]}, train_turbo)
     # The LLM's checkpoint holds the whole composite model, tokenizer included (its weights are frozen here).
-    run.run("llm", {"model": model}, train_language)
+    for phase, options in LLM_PHASES.items():
+        run.run(phase, {"model": model}, lambda: train_language(phase, **options))
     summary = {"timings_s": run.timings, "metrics": run.metrics, "steps": steps,
                "splits": {k: len(v) for k, v in splits.items()}, "pixel_scenes": len(pixel_train), "quick": quick}
     missing = [name for name in STAGES if name not in run.ready]

@@ -48,11 +48,15 @@ class _Log(TrainerCallback):
             self.log(f"llm step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f}")
 
 
-def train_llm(model, processor, rows, output_dir, *, steps=3000, batch_size=32, lr=2e-3, seed=0, log=print):
-    """Full training of the backbone (the vision tokenizer stays frozen) with the stock Trainer; returns the loss
-    every 100 steps."""
+OBJECTIVE = {"mask_ratio_min": 0.05, "mask_ratio_max": 1.0, "loss_weighting": "inverse_t"}
+
+
+def train_llm(model, processor, rows, output_dir, *, steps=3000, batch_size=32, lr=2e-3, objective=None, seed=0,
+              log=print):
+    """Full training of the backbone (the vision tokenizer stays frozen) with the stock Trainer and the config's
+    `diffusion_training` set to `objective` (default `OBJECTIVE`, the ELBO); returns the loss every 100 steps."""
     text_config = model.config.get_text_config()
-    text_config.diffusion_training = {"mask_ratio_min": 0.05, "mask_ratio_max": 1.0, "loss_weighting": "inverse_t"}
+    text_config.diffusion_training = dict(objective or OBJECTIVE)
     for module in (model.visual, model.vqmodel):
         module.requires_grad_(False)
     collator = LLaDA2UniDataCollator(processor, block_length=text_config.block_length)
