@@ -110,6 +110,26 @@ def test_edit_follows_the_model_and_decodes_at_the_source_grid(pipe, picture):
     assert out.images[0].size == (16 * expected["w"], 16 * expected["h"])
 
 
+def test_guidance_left_out_comes_from_the_image_processor(pipe, picture, monkeypatch):
+    image_processor = pipe.processor.image_processor
+    assert (image_processor.generation_guidance_scale, image_processor.edit_cfg_text_scale) == (2.0, 4.0)
+    monkeypatch.setattr(image_processor, "generation_guidance_scale", 1.0)
+    monkeypatch.setattr(image_processor, "edit_cfg_text_scale", 1.5)
+    drawn = _t2i(pipe, output_type="tokens").image_tokens[0]["token_ids"].tolist()
+    assert drawn == pipe.mllm.generate_image("a red circle", 64, 64, processor=pipe.processor, cfg_scale=1.0,
+                                             **LLM)["token_ids"]
+    edited = pipe(image=picture, instruction="make it blue", output_type="tokens", **LLM).image_tokens[0]
+    expected = pipe.mllm.edit_image(image=picture, instruction="make it blue", processor=pipe.processor,
+                                    cfg_text_scale=1.5, **LLM)
+    assert edited["token_ids"].tolist() == expected["token_ids"]
+    # The recorded scales matter: the release's 2.0 / 4.0 give other tokens on these weights.
+    assert drawn != pipe.mllm.generate_image("a red circle", 64, 64, processor=pipe.processor, cfg_scale=2.0,
+                                             **LLM)["token_ids"]
+    assert expected["token_ids"] != pipe.mllm.edit_image(image=picture, instruction="make it blue",
+                                                         processor=pipe.processor, cfg_text_scale=4.0,
+                                                         **LLM)["token_ids"]
+
+
 def _three_tasks(pipe, picture):
     """Text-to-image, understanding and editing with fixed generators (the edit decoded small: rm 1, 1 step)."""
     image = _t2i(pipe, output_type="pt").images

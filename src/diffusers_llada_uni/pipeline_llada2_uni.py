@@ -199,8 +199,8 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         block_length: Optional[int] = None,
         threshold: float = 0.95,
         temperature: float = 0.0,
-        guidance_scale: float = 2.0,
-        cfg_text_scale: float = 4.0,
+        guidance_scale: Optional[float] = None,
+        cfg_text_scale: Optional[float] = None,
         cfg_image_scale: float = 0.0,
         max_new_tokens: int = 2048,
         thinking_steps: int = 32,
@@ -229,8 +229,10 @@ class LLaDA2UniPipeline(DiffusionPipeline):
             steps (`int`, *optional*): LLM denoising steps per block: 8 for images, 32 for answers (the originals).
             block_length, threshold, temperature: the block-diffusion sampler's settings (see docs/generation.md);
                 `block_length` defaults to the model config's (32 for the release).
-            guidance_scale (`float`, defaults to 2.0): text-to-image CFG on the LLM logits (1 disables it).
-            cfg_text_scale / cfg_image_scale (`float`, defaults to 4.0 / 0.0): editing's three-way CFG.
+            guidance_scale (`float`, *optional*): text-to-image CFG on the LLM logits (1 disables it). Default: the
+                image processor's `generation_guidance_scale` (2.0 for the release).
+            cfg_text_scale / cfg_image_scale (`float`, *optional* / defaults to 0.0): editing's three-way CFG.
+                `cfg_text_scale` defaults to the image processor's `edit_cfg_text_scale` (4.0 for the release).
             max_new_tokens (`int`, defaults to 2048): answer length budget (understanding).
             thinking_steps / thinking_max_new_tokens: the thinking phase's steps per block and length budget.
             decoder (`str`, *optional*): "turbo" (8 steps, no CFG) or "normal" (49 steps, CFG); default: turbo when
@@ -255,6 +257,11 @@ class LLaDA2UniPipeline(DiffusionPipeline):
             raise ValueError(f"`num_images_per_prompt` must be a positive int, got {num_images_per_prompt!r}.")
         height, width, resolution_multiplier, block_length = self._defaults(height, width, resolution_multiplier,
                                                                             block_length)
+        image_processor = self.processor.image_processor
+        if guidance_scale is None:
+            guidance_scale = getattr(image_processor, "generation_guidance_scale", 2.0)
+        if cfg_text_scale is None:
+            cfg_text_scale = getattr(image_processor, "edit_cfg_text_scale", 4.0)
         llm = {"block_length": block_length, "threshold": threshold, "temperature": temperature,
                "generator": generator}
         decode = None

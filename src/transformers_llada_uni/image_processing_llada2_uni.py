@@ -114,6 +114,9 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
         generation_size (`int`, defaults to 1024) / generation_resolution_multiplier (`int`, defaults to 2): the
             side in pixels and the decoded pixels per token side / 16 that text-to-image uses when the caller gives
             none (the release's 1024 px at 2x; a model trained on small images records its own).
+        generation_guidance_scale (`float`, defaults to 2.0) / edit_cfg_text_scale (`float`, defaults to 4.0): the
+            text-to-image CFG scale and editing's text CFG scale the pipeline uses when the caller gives none (the
+            release's settings; a small model can record gentler ones).
     """
 
     model_input_names = ["pixel_values", "image_grid_thw"]
@@ -139,6 +142,8 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
         edit_crop: str = "center",
         generation_size: int = 1024,
         generation_resolution_multiplier: int = 2,
+        generation_guidance_scale: float = 2.0,
+        edit_cfg_text_scale: float = 4.0,
         **kwargs,
     ):
         for legacy in ("size", "resample", "image_processor_type", "processor_class"):
@@ -167,6 +172,8 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
         self.edit_crop = self._check_edit_crop(edit_crop)
         self.generation_size = generation_size
         self.generation_resolution_multiplier = generation_resolution_multiplier
+        self.generation_guidance_scale = generation_guidance_scale
+        self.edit_cfg_text_scale = edit_cfg_text_scale
 
     @staticmethod
     def _check_mode(mode):
