@@ -54,7 +54,13 @@ def test_bad_input_is_one_error_line(model_dir, picture, tmp_path, capsys, argv,
     assert match in errors[0] and "Traceback" not in err
 
 
-def test_no_model_at_all(capsys, monkeypatch):
+def test_without_model_the_shipped_one_is_used(capsys, monkeypatch):
+    import llada_uni_shapes
+
     monkeypatch.delenv("LLADA_UNI_MODEL", raising=False)
+    assert main(["ask", "x.png", "What?"]) == 2  # the shipped model is found; the missing picture is the error
+    assert "x.png" in capsys.readouterr().err
+    monkeypatch.setattr(llada_uni_shapes, "MODEL_DIR", llada_uni_shapes.MODEL_DIR.parent / "not-installed")
     assert main(["ask", "x.png", "What?"]) == 2
-    assert "pass --model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pass --model" in err and "not installed" in err

@@ -1,10 +1,12 @@
 """`llada-uni`: draw, answer and edit from the command line with any converted LLaDA2.0-Uni folder.
 
-    llada-uni generate "a red circle on the left" -o out.png --model PATH
-    llada-uni ask picture.png "What colour is the shape?" --model PATH
-    llada-uni edit picture.png "make it blue" -o edited.png --model PATH
+    llada-uni generate "a red circle on the left" -o out.png
+    llada-uni ask out.png "What colour is the circle?"
+    llada-uni edit out.png "make the circle blue" -o edited.png
+    llada-uni generate "a red fox in snow" -o fox.png --model PATH      # any converted checkpoint
 
-`--model` defaults to the `LLADA_UNI_MODEL` environment variable. Every failure (a missing model folder, an unreadable
+`--model` defaults to the `LLADA_UNI_MODEL` environment variable, else to the tiny shapes model shipped inside the
+package (48 px pictures of one or two coloured shapes; see docs/shapes.md). Every failure (a missing model folder, an unreadable
 image, an output folder that does not exist, a prompt the model cannot take) ends with one `error: ...` line and a
 non-zero exit status, checked before the model is loaded where possible.
 """
@@ -25,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(sub, image_output: bool):
         sub.add_argument("--model", default=os.environ.get(ENV_MODEL),
-                         help=f"converted model folder (default: ${ENV_MODEL})")
+                         help=f"converted model folder (default: ${ENV_MODEL}, else the shipped shapes model)")
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
         sub.add_argument("--block-length", type=int, default=None, help="diffusion block (default: the model's)")
@@ -35,12 +37,11 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--decoder", choices=("turbo", "normal"), default=None)
             sub.add_argument("--decoder-steps", type=int, default=None, help="decoder evaluations")
             sub.add_argument("--resolution-multiplier", type=int, default=None,
-                             help="decoded pixels per token side = 16 x this (default: 1 for models of 64 px "
-                                  "images, else 2)")
+                             help="decoded pixels per token side = 16 x this (default: the model's)")
 
     generate = commands.add_parser("generate", help="text -> image")
     generate.add_argument("prompt")
-    generate.add_argument("--height", type=int, default=None, help="pixels (default: 1024, or 64 for 64 px models)")
+    generate.add_argument("--height", type=int, default=None, help="pixels (default: the model's; 1024 for the release)")
     generate.add_argument("--width", type=int, default=None)
     common(generate, image_output=True)
     ask = commands.add_parser("ask", help="image + question -> answer")
@@ -61,7 +62,12 @@ class CommandError(Exception):
 
 def _check(args):
     if not args.model:
-        raise CommandError(f"no model: pass --model PATH (a converted folder) or set ${ENV_MODEL}")
+        from llada_uni_shapes import model_path
+
+        try:
+            args.model = str(model_path())
+        except FileNotFoundError as exc:
+            raise CommandError(f"no model: pass --model PATH (a converted folder) or set ${ENV_MODEL} ({exc})") from None
     if not Path(args.model).is_dir():
         raise CommandError(f"--model {args.model} is not a folder")
     if not (Path(args.model) / "config.json").is_file():
@@ -83,15 +89,12 @@ def _check(args):
     return image
 
 
-def _settings(args, pipe) -> dict:
-    settings = {"generator": torch.Generator().manual_seed(args.seed)}
-    block_length = args.block_length or pipe.mllm.config.get_text_config().block_length
-    settings["block_length"] = block_length
+def _settings(args) -> dict:
+    settings = {"generator": torch.Generator().manual_seed(args.seed), "block_length": args.block_length}
     if args.steps is not None:
         settings["steps"] = args.steps
     if hasattr(args, "output"):
-        small = pipe.processor.image_processor.max_pixels <= 64 * 64
-        settings["resolution_multiplier"] = args.resolution_multiplier or (1 if small else 2)
+        settings["resolution_multiplier"] = args.resolution_multiplier
         if args.decoder is not None:
             settings["decoder"] = args.decoder
         if args.decoder_steps is not None:
@@ -106,14 +109,12 @@ def run(args) -> str:
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = LLaDA2UniPipeline.from_pretrained(args.model)
-    settings = _settings(args, pipe)
+    settings = _settings(args)
     if args.command == "ask":
         settings.pop("generator")
         return pipe(image=image, question=args.question, max_new_tokens=args.max_new_tokens, **settings).text[0]
     if args.command == "generate":
-        small = pipe.processor.image_processor.max_pixels <= 64 * 64
-        side = 64 if small else 1024
-        result = pipe(args.prompt, height=args.height or side, width=args.width or side, **settings)
+        result = pipe(args.prompt, height=args.height, width=args.width, **settings)
     else:
         result = pipe(image=image, instruction=args.instruction, **settings)
     result.images[0].save(args.output)
