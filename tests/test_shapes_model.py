@@ -48,3 +48,17 @@ def test_edits_held_out_scenes(pipe):
                                            generator=torch.Generator().manual_seed(0)).images[0])
             for scene, text, target in cases]
     assert sum(done) >= 0.5 * len(cases), done
+
+
+def test_shipped_remote_code_is_the_package_code():
+    """The shipped folder carries the remote-code files (`trust_remote_code=True` loads them); they must not go stale."""
+    from pathlib import Path
+
+    import transformers_llada_uni
+    from llada_uni_shapes import model_path
+
+    source = Path(transformers_llada_uni.__file__).parent
+    stale = [path.name for path in sorted(model_path().glob("*.py"))
+             if path.read_text() != (source / path.name).read_text()]
+    assert not stale, (f"refresh the shipped copies: cp {' '.join(f'src/transformers_llada_uni/{n}' for n in stale)} "
+                       "src/llada_uni_shapes/model/")
