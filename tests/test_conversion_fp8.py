@@ -159,6 +159,8 @@ def test_per_tensor_scales(tmp_path):
 
 
 def test_activation_scales_are_dropped(tmp_path):
+    if not PARITY_DIR.is_dir():
+        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
     index = json.loads((PARITY_DIR / "checkpoint" / "model.safetensors.index.json").read_text())
     file_name = next(f for k, f in index["weight_map"].items() if EXPERT.search(k))
     key = next(k for k, f in index["weight_map"].items() if f == file_name and EXPERT.search(k))
