@@ -255,13 +255,8 @@ class LLaDA2UniPipeline(DiffusionPipeline):
                              f"{output_type!r}.")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"`num_images_per_prompt` must be a positive int, got {num_images_per_prompt!r}.")
-        height, width, resolution_multiplier, block_length = self._defaults(height, width, resolution_multiplier,
-                                                                            block_length)
-        image_processor = self.processor.image_processor
-        if guidance_scale is None:
-            guidance_scale = getattr(image_processor, "generation_guidance_scale", 2.0)
-        if cfg_text_scale is None:
-            cfg_text_scale = getattr(image_processor, "edit_cfg_text_scale", 4.0)
+        height, width, resolution_multiplier, block_length, guidance_scale, cfg_text_scale = self._defaults(
+            height, width, resolution_multiplier, block_length, guidance_scale, cfg_text_scale)
         llm = {"block_length": block_length, "threshold": threshold, "temperature": temperature,
                "generator": generator}
         decode = None
@@ -300,16 +295,20 @@ class LLaDA2UniPipeline(DiffusionPipeline):
 
         return LLaDA2UniConfig.from_pretrained(self._source.path("mllm"))
 
-    def _defaults(self, height, width, resolution_multiplier, block_length) -> tuple:
-        """Fill what the caller left out from the model's own files (image processor, LLM config)."""
+    def _defaults(self, height, width, resolution_multiplier, block_length, guidance_scale, cfg_text_scale) -> tuple:
+        """Fill what the caller left out from the model's own files (image processor, LLM config); a processor saved
+        before a setting existed gives the release's value."""
         image_processor = self.processor.image_processor
-        size = getattr(image_processor, "generation_size", 1024)
-        if resolution_multiplier is None:
-            resolution_multiplier = getattr(image_processor, "generation_resolution_multiplier", 2)
+
+        def recorded(value, name, release):
+            return getattr(image_processor, name, release) if value is None else value
+
         if block_length is None:
             block_length = self._mllm_config().get_text_config().block_length
-        return (size if height is None else height, size if width is None else width, resolution_multiplier,
-                block_length)
+        return (recorded(height, "generation_size", 1024), recorded(width, "generation_size", 1024),
+                recorded(resolution_multiplier, "generation_resolution_multiplier", 2), block_length,
+                recorded(guidance_scale, "generation_guidance_scale", 2.0),
+                recorded(cfg_text_scale, "edit_cfg_text_scale", 4.0))
 
     @staticmethod
     def _task(prompt, image, question, instruction) -> str:
