@@ -51,7 +51,8 @@ def test_edits_held_out_scenes(pipe):
 
 
 def test_shipped_remote_code_is_the_package_code():
-    """The shipped folder carries the remote-code files (`trust_remote_code=True` loads them); they must not go stale."""
+    """The shipped folder carries the remote-code files (`trust_remote_code=True` loads them) as links to the package
+    sources; a link replaced by a copy must not go stale."""
     from pathlib import Path
 
     import transformers_llada_uni
@@ -60,5 +61,5 @@ def test_shipped_remote_code_is_the_package_code():
     source = Path(transformers_llada_uni.__file__).parent
     stale = [path.name for path in sorted(model_path().glob("*.py"))
              if path.read_text() != (source / path.name).read_text()]
-    assert not stale, (f"refresh the shipped copies: cp {' '.join(f'src/transformers_llada_uni/{n}' for n in stale)} "
-                       "src/llada_uni_shapes/model/")
+    assert not stale, ("link them to the package sources again: cd src/llada_uni_shapes/model && "
+                       + "; ".join(f"ln -sf ../../transformers_llada_uni/{n} {n}" for n in stale))
