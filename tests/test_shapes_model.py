@@ -1,8 +1,9 @@
 """The shapes model shipped inside the package (`llada_uni_shapes`): it loads offline and really draws, answers and
 edits held-out scenes, so a regression in any component (tokenizer, LLM, sampler, decoder, VAE, checker) shows here.
 Scored like benchmarks/eval_shapes.py, on the first test-split scenes, with margins below the measured accuracy (on
-these scenes the shipped model draws 12/12 in every attribute, answers 123 of 148 questions and does 8 of 12 edits;
-every call is greedy and seeded, so the margins only absorb numeric differences between machines)."""
+these scenes the shipped model draws 12/12 in every attribute, answers 144 of 148 questions, does 11 of 12 edits of
+clean renders and 9 of 12 of its own drawings; every call is greedy and seeded, so the margins only absorb
+numeric differences between machines)."""
 
 import random
 
@@ -31,14 +32,14 @@ def test_draws_held_out_captions(pipe):
     assert all(image.size == (48, 48) for image in images)
     scores = [score_t2i(image, scene) for image, scene in zip(images, SCENES)]
     for key in ("color", "shape", "position"):
-        assert sum(score[key] for score in scores) >= 10, (key, scores)
+        assert sum(score[key] for score in scores) >= 11, (key, scores)
 
 
 def test_answers_held_out_questions(pipe):
     cases = [(scene, q, a) for scene in SCENES for q, a in questions(scene)]
     answers = pipe(image=[render(s) for s, _, _ in cases], question=[q for _, q, _ in cases], max_new_tokens=16).text
     right = sum(answer.strip() == truth for answer, (_, _, truth) in zip(answers, cases))
-    assert right >= 0.75 * len(cases), list(zip(answers, [c[1:] for c in cases]))
+    assert right >= 0.9 * len(cases), list(zip(answers, [c[1:] for c in cases]))
 
 
 def test_edits_held_out_scenes(pipe):
@@ -47,7 +48,19 @@ def test_edits_held_out_scenes(pipe):
     done = [score_edit(scene, target, pipe(image=render(scene), instruction=text,
                                            generator=torch.Generator().manual_seed(0)).images[0])
             for scene, text, target in cases]
-    assert sum(done) >= 0.5 * len(cases), done
+    assert sum(done) >= 0.75 * len(cases), done
+
+
+def test_edits_its_own_drawings(pipe):
+    """Draw, then edit the drawing: the LLM then reads the decoder's pictures, not clean renders."""
+    scenes = SCENES[4:8]
+    drawings = pipe([caption(s) for s in scenes], generator=torch.Generator().manual_seed(0)).images
+    rng = random.Random(0)
+    cases = [(drawing, scene, *edit) for drawing, scene in zip(drawings, scenes) for edit in edits(scene, rng)]
+    edited = pipe(image=[c[0] for c in cases], instruction=[c[2] for c in cases],
+                  generator=torch.Generator().manual_seed(0)).images
+    done = [score_edit(scene, target, image) for (_, scene, _, target), image in zip(cases, edited)]
+    assert sum(done) >= 7, done  # the model before it trained on its own drawings: 40% of such edits
 
 
 def test_shipped_remote_code_is_the_package_code():

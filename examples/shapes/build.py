@@ -12,9 +12,9 @@ instead of training again (delete a stage's file to redo it and everything after
 stages and loads the rest, so on two cores the LLM and the pixel side can train side by side:
 
     python examples/shapes/build.py --out M --stages tokenizer --threads 2
-    python examples/shapes/build.py --out M --stages llm --threads 1 &              # these two at once
+    python examples/shapes/build.py --out M --stages llm,llm2,llm3 --threads 1 &      # these two at once
     python examples/shapes/build.py --out M --stages vae,decoder,turbo --threads 1
-    python examples/shapes/build.py --out M --resume                                # loads all, writes M
+    wait; python examples/shapes/build.py --out M --resume --threads 2    # llm4-llm6 (llm6 needs turbo), writes M
 
 The result loads with `LLaDA2UniPipeline.from_pretrained(out)`.
 """
@@ -39,6 +39,7 @@ from examples.shapes.factory import (  # noqa: E402
     build_tokenizer,
     save_pipeline,
 )
+from examples.shapes.roundtrip import roundtrip_codes  # noqa: E402
 from examples.shapes.train_decoder import distill_turbo, train_normal, vae_latents  # noqa: E402
 from examples.shapes.train_llm import task_rows, train_llm  # noqa: E402
 from examples.shapes.train_tokenizer import encode, patch_pixels, to_target, train_tokenizer  # noqa: E402
@@ -46,15 +47,25 @@ from examples.shapes.train_vae import train_vae  # noqa: E402
 from examples.shapes.world import ALL_COLOURS, VOCABULARY, all_scenes, render  # noqa: E402
 
 # Sized for 2 CPU cores (see docs/shapes.md for the time each stage takes); more steps help every stage.
-FULL = {"tokenizer": 1500, "vae": 800, "decoder": 4500, "turbo": 1000, "llm": 4000, "llm2": 2500, "llm3": 2500}
-QUICK = {"tokenizer": 5, "vae": 5, "decoder": 5, "turbo": 5, "llm": 5, "llm2": 5, "llm3": 5}
-# The LLM trains in three cosine cycles (warm restarts at a lower rate each). Flat weighting throughout: the ELBO's
+FULL = {"tokenizer": 1500, "vae": 800, "decoder": 4500, "turbo": 1000, "llm": 4000, "llm2": 2500, "llm3": 2500,
+        "llm4": 2500, "llm5": 2500, "llm6": 2500}
+QUICK = {name: 5 for name in FULL}
+# The LLM trains in six cosine cycles (warm restarts, the rate falling to 5e-4). Flat weighting throughout: the ELBO's
 # 1/t weights make a one-token answer masked at small t count up to 20x, a noisy signal for the understanding rows.
-# The later cycles add complementary masks (every supervised token predicted once per pair of rows).
+# From the second cycle on, complementary masks (every supervised token predicted once per pair of rows). From the
+# fourth, more copies of what the model still gets wrong most: questions that name a place, and edits (and captions
+# again, which the fourth cycle's mix had made rarer). The last also gives 40% of the question and edit rows the
+# model's own drawing as their source (`roundtrip.py`), so it answers about and edits what it drew.
 FLAT = {"mask_ratio_min": 0.05, "mask_ratio_max": 1.0, "loss_weighting": "none"}
 LLM_PHASES = {"llm": {"lr": 2e-3, "objective": FLAT},
               "llm2": {"lr": 1e-3, "objective": {**FLAT, "complementary_masking": True}},
-              "llm3": {"lr": 5e-4, "objective": {**FLAT, "complementary_masking": True}}}
+              "llm3": {"lr": 5e-4, "objective": {**FLAT, "complementary_masking": True}},
+              "llm4": {"lr": 5e-4, "objective": {**FLAT, "complementary_masking": True},
+                       "rows": {"lookup_repeats": 3, "edit_repeats": 3}},
+              "llm5": {"lr": 5e-4, "objective": {**FLAT, "complementary_masking": True},
+                       "rows": {"lookup_repeats": 4, "edit_repeats": 3, "t2i_repeats": 6}},
+              "llm6": {"lr": 5e-4, "objective": {**FLAT, "complementary_masking": True},
+                       "rows": {"lookup_repeats": 4, "edit_repeats": 3, "t2i_repeats": 6, "roundtrip_rate": 0.4}}}
 LLM_BATCH = 32
 
 
@@ -67,9 +78,9 @@ def scene_codes(model, processor, scenes) -> dict:
     return {scene: {"token_ids": row, "h": h, "w": w} for scene, row in zip(scenes, codes)}
 
 
-STAGES = ("tokenizer", "vae", "decoder", "turbo", "llm", "llm2", "llm3")
+STAGES = ("tokenizer", "vae", "decoder", "turbo", "llm", "llm2", "llm3", "llm4", "llm5", "llm6")
 NEEDS = {"tokenizer": (), "vae": (), "decoder": ("tokenizer", "vae"), "turbo": ("vae", "decoder"), "llm": ("tokenizer",),
-         "llm2": ("llm",), "llm3": ("llm2",)}
+         "llm2": ("llm",), "llm3": ("llm2",), "llm4": ("llm3",), "llm5": ("llm4",), "llm6": ("llm5", "turbo")}
 
 
 class Stages:
@@ -158,8 +169,16 @@ def build(out: Path, *, quick=False, seed=0, threads=None, work=None, stages=STA
                              tuple(latents.shape[1:]), steps=steps["turbo"], teacher_steps=4 if quick else 49,
                              seed=seed, log=log)
 
-    def train_language(phase, **options):
-        rows = task_rows(train, lambda scene: codes()[scene], seed=seed + list(LLM_PHASES).index(phase))
+    def roundtrip():  # the training scenes' codes as the model itself draws and reads them back
+        if "roundtrip" not in cache:
+            cache["roundtrip"] = roundtrip_codes(model, processor, pixel, codes(), train, seed=seed)
+        return cache["roundtrip"]
+
+    def train_language(phase, rows=None, **options):
+        rows = dict(rows or {})
+        if rows.get("roundtrip_rate"):
+            rows["roundtrip_of"] = roundtrip().__getitem__
+        rows = task_rows(train, lambda scene: codes()[scene], seed=seed + list(LLM_PHASES).index(phase), **rows)
         log(f"{phase}: {len(rows)} rows")
         return {"losses": train_llm(model, processor, rows, run.work / "trainer", steps=steps[phase],
                                     batch_size=LLM_BATCH, seed=seed, log=log, **options), "rows": len(rows)}

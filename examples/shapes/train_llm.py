@@ -11,30 +11,41 @@ import random
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from examples.shapes.world import caption, edits, questions
+from examples.shapes.world import WHERE, caption, edits, questions
 from transformers_llada_uni import LLaDA2UniDataCollator
 
 UNCONDITION = "<uncondition>"
 
 
-def task_rows(scenes, codes_of, *, uncondition_rate=0.1, t2i_repeats=4, edit_repeats=2, seed=0) -> list:
+def task_rows(scenes, codes_of, *, uncondition_rate=0.1, t2i_repeats=4, edit_repeats=2, lookup_repeats=1,
+              roundtrip_of=None, roundtrip_rate=0.0, seed=0) -> list:
     """Collator rows for `scenes`; `codes_of(scene)` gives its 3 x 3 code grid as a dict (token_ids, h, w).
 
     A scene has one caption and three edits but 7-13 questions, so captions and edits are repeated (`t2i_repeats`,
     `edit_repeats`; each copy draws its own masks in training and its own `<uncondition>` coin) to keep the three
-    tasks near one third of the rows each."""
-    rng = random.Random(seed)
+    tasks near one third of the rows each. `lookup_repeats` repeats the questions that name a place ("What colour
+    is the shape on the left?"): the model must find an image token by where it sits, the hardest thing to learn.
+    With `roundtrip_of` (scene -> codes of the model's own drawing of it, `roundtrip.roundtrip_codes`), that share
+    `roundtrip_rate` of the question and edit rows take their source image in that form; targets stay clean codes."""
+    rng, coin = random.Random(seed), random.Random(f"roundtrip/{seed}")  # own coin: the rows stay the same
     rows = []
+
+    def source(scene, codes):
+        return roundtrip_of(scene) if roundtrip_of is not None and coin.random() < roundtrip_rate else codes
+
     for scene in scenes:
         codes = codes_of(scene)
         for _ in range(t2i_repeats):
             text = UNCONDITION if rng.random() < uncondition_rate else caption(scene)
             rows.append({"prompt": text, "target_image_tokens": codes})
-        rows += [{"image_tokens": codes, "question": q, "answer": a} for q, a in questions(scene)]
+        for q, a in questions(scene):
+            repeats = lookup_repeats if any(place in q for place in WHERE.values()) else 1
+            rows += [{"image_tokens": source(scene, codes), "question": q, "answer": a} for _ in range(repeats)]
         for instruction, edited in edits(scene, rng):
             for _ in range(edit_repeats):
                 text = UNCONDITION if rng.random() < uncondition_rate else instruction
-                rows.append({"image_tokens": codes, "instruction": text, "target_image_tokens": codes_of(edited)})
+                rows.append({"image_tokens": source(scene, codes), "instruction": text,
+                             "target_image_tokens": codes_of(edited)})
     rng.shuffle(rows)
     return rows
 
