@@ -57,15 +57,14 @@ QUICK = {name: 5 for name in FULL}
 # again, which the fourth cycle's mix had made rarer). The last also gives 40% of the question and edit rows the
 # model's own drawing as their source (`roundtrip.py`), so it answers about and edits what it drew.
 FLAT = {"mask_ratio_min": 0.05, "mask_ratio_max": 1.0, "loss_weighting": "none"}
+PAIRED = {**FLAT, "complementary_masking": True}
+LATE_ROWS = {"lookup_repeats": 4, "edit_repeats": 3, "t2i_repeats": 6}
 LLM_PHASES = {"llm": {"lr": 2e-3, "objective": FLAT},
-              "llm2": {"lr": 1e-3, "objective": {**FLAT, "complementary_masking": True}},
-              "llm3": {"lr": 5e-4, "objective": {**FLAT, "complementary_masking": True}},
-              "llm4": {"lr": 5e-4, "objective": {**FLAT, "complementary_masking": True},
-                       "rows": {"lookup_repeats": 3, "edit_repeats": 3}},
-              "llm5": {"lr": 5e-4, "objective": {**FLAT, "complementary_masking": True},
-                       "rows": {"lookup_repeats": 4, "edit_repeats": 3, "t2i_repeats": 6}},
-              "llm6": {"lr": 5e-4, "objective": {**FLAT, "complementary_masking": True},
-                       "rows": {"lookup_repeats": 4, "edit_repeats": 3, "t2i_repeats": 6, "roundtrip_rate": 0.4}}}
+              "llm2": {"lr": 1e-3, "objective": PAIRED},
+              "llm3": {"lr": 5e-4, "objective": PAIRED},
+              "llm4": {"lr": 5e-4, "objective": PAIRED, "rows": {"lookup_repeats": 3, "edit_repeats": 3}},
+              "llm5": {"lr": 5e-4, "objective": PAIRED, "rows": LATE_ROWS},
+              "llm6": {"lr": 5e-4, "objective": PAIRED, "rows": {**LATE_ROWS, "roundtrip_rate": 0.4}}}
 LLM_BATCH = 32
 
 
