@@ -12,7 +12,7 @@ SCENES = split_scenes(seed=0)["train"][:12]
 
 
 def _codes(scene):  # a distinct fake grid per scene
-    return {"token_ids": torch.full((9,), hash(scene) % 50), "h": 3, "w": 3}
+    return {"token_ids": torch.full((9,), SCENES.index(scene)), "h": 3, "w": 3}
 
 
 def _drawn(scene):

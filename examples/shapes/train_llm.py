@@ -25,7 +25,7 @@ def task_rows(scenes, codes_of, *, uncondition_rate=0.1, t2i_repeats=4, edit_rep
     `edit_repeats`; each copy draws its own masks in training and its own `<uncondition>` coin) to keep the three
     tasks near one third of the rows each. `lookup_repeats` repeats the questions that name a place ("What colour
     is the shape on the left?"): the model must find an image token by where it sits, the hardest thing to learn.
-    With `roundtrip_of` (scene -> codes of the model's own drawing of it, `roundtrip.roundtrip_codes`), that share
+    With `roundtrip_of` (scene -> codes of the model's own drawing of it, `roundtrip.roundtrip_codes`), a share
     `roundtrip_rate` of the question and edit rows take their source image in that form; targets stay clean codes."""
     rng, coin = random.Random(seed), random.Random(f"roundtrip/{seed}")  # own coin: the rows stay the same
     rows = []
