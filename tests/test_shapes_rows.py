@@ -11,8 +11,11 @@ from examples.shapes.world import VOCABULARY, WHERE
 SCENES = split_scenes(seed=0)["train"][:12]
 
 
-def _codes(scene):  # a distinct fake grid per scene
-    return {"token_ids": torch.full((9,), SCENES.index(scene)), "h": 3, "w": 3}
+_SEEN = {}
+
+
+def _codes(scene):  # a fake grid per scene (sources and edit targets), numbered in order of first use
+    return {"token_ids": torch.full((9,), _SEEN.setdefault(scene, len(_SEEN)) % 50), "h": 3, "w": 3}
 
 
 def _drawn(scene):
