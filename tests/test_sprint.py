@@ -103,7 +103,7 @@ def test_pruning_drops_keys_within_budget(model):
     assert pruned, "no step ran against a pruned prefix"
     for start, kept in pruned:
         protected = min(start, BLOCK) + (1 if start > BLOCK else 0)  # the last finished block and the first token
-        assert kept == max(math.ceil(0.5 * start), protected) < start
+        assert kept == protected + math.ceil(0.5 * (start - protected)) < start
     # Warm-up steps (the first of every block, which also re-runs the finished block) still see the whole prefix.
     warmups = [(start, queries, keys) for start, queries, keys in counter.calls if queries > BLOCK]
     assert len(warmups) == 6 and all(keys == start + queries for start, queries, keys in warmups)
@@ -191,7 +191,8 @@ def test_other_strategies_generate_valid_tokens(model, strategy):
     out = generate(model, ids, steps=4, sprint={"keep_ratio": 0.5, "strategy": strategy})
     generated = out.sequences[0, 21:]
     assert len(generated) == 24 and not (generated == MASK).any()
-    assert out.num_forward_passes <= 3 * 4
+    blocks = -(-(21 + 24) // BLOCK) - 21 // BLOCK  # blocks holding generated positions: 4
+    assert out.num_forward_passes <= blocks * 4  # adaptive unmasking finishes every block within its steps
 
 
 def test_select_prefix_per_modality_budgets():
@@ -203,12 +204,26 @@ def test_select_prefix_per_modality_budgets():
     keep = select_prefix(importance, confidence, tokens, valid, settings, block_length=2, image_range=(50, 60))
     is_image = tokens >= 50
     assert keep[is_image].all()  # image_keep_ratio 1 keeps every image code
-    text_kept = keep & ~is_image
-    assert int(text_kept.sum()) == math.ceil(0.5 * int((~is_image).sum()))  # 7 text tokens -> 4
     assert keep[0, 0] and keep[0, -2:].all()  # first token and the last block are protected
+    # 7 text tokens, 3 of them protected (first, and the last block's two): the other 4 keep ceil(0.5 * 4) = 2, the
+    # two most important ones (importance falls along the row: positions 3 and 6)
+    text_kept = (keep & ~is_image)[0].nonzero().flatten().tolist()
+    assert text_kept == [0, 3, 6, 10, 11]
     settings = SprintConfig(keep_ratio=0.5, text_keep_ratio=1.0)
     keep = select_prefix(importance, confidence, tokens, valid, settings, block_length=2, image_range=(50, 60))
-    assert keep[~is_image].all() and int((keep & is_image).sum()) == 3
+    # 5 image codes, none protected: ceil(0.5 * 5) = 3, the first three by importance
+    assert keep[~is_image].all() and (keep & is_image)[0].nonzero().flatten().tolist() == [1, 2, 4]
+
+
+def test_select_prefix_protected_positions_do_not_use_the_budget():
+    """A short prompt: with the protected positions counted in the budget, nothing else would be kept."""
+    tokens = torch.arange(10).unsqueeze(0)  # all text
+    valid = torch.ones_like(tokens, dtype=torch.bool)
+    importance = torch.tensor([[0.1, 0.2, 0.9, 0.3, 0.8, 0.1, 0.1, 0.1, 0.1, 0.1]])
+    settings = SprintConfig(keep_ratio=0.5, confidence_alpha=0.0)
+    keep = select_prefix(importance, torch.ones(tokens.shape), tokens, valid, settings, block_length=4)
+    # protected: position 0 and the last 4 (6-9); of the other 5, ceil(2.5) = 3 by importance: 2, 4, 3
+    assert keep[0].nonzero().flatten().tolist() == [0, 2, 3, 4, 6, 7, 8, 9]
 
 
 @pytest.mark.parametrize(

@@ -320,8 +320,11 @@ class SprintRun:
 
 
 def select_prefix(importance, confidence, tokens, valid, settings, block_length, image_range=None):
-    """Boolean [R, P] of prefix positions to keep: per row and modality, the top `ceil(ratio * count)` by score,
-    where the row's first real token and the last `block_length` positions always count as kept."""
+    """Boolean [R, P] of prefix positions to keep: per row, the row's first real token and the last `block_length`
+    positions always; of the other positions of each modality, the top `ceil(ratio * count)` by score.
+
+    The protected positions do not use up a modality's budget: with a short prompt they would otherwise fill it, and
+    every prompt word outside the last block (a caption's first shape, an instruction's verb) would be dropped."""
     alpha = settings.confidence_alpha
     peak = importance.masked_fill(~valid, 0.0).amax(dim=1, keepdim=True).clamp_min(1e-12)
     score = (1.0 - alpha) * importance / peak + alpha * confidence
@@ -331,16 +334,14 @@ def select_prefix(importance, confidence, tokens, valid, settings, block_length,
     first = valid.float().argmax(dim=1)
     protected[torch.arange(len(first), device=valid.device), first] = True
     protected &= valid
-    score = score.masked_fill(protected, float("inf"))
     if image_range is not None:
         is_image = (tokens >= image_range[0]) & (tokens < image_range[1])
     else:
         is_image = torch.zeros_like(valid)
-    keep = torch.zeros_like(valid)
+    keep = protected.clone()
     for modality, ratio in zip((is_image, ~is_image), settings.ratios()):
-        members = valid & modality
-        counts = members.sum(dim=1)
-        budget = torch.maximum(torch.ceil(counts.float() * ratio).long(), (protected & modality).sum(dim=1))
+        members = valid & modality & ~protected
+        budget = torch.ceil(members.sum(dim=1).float() * ratio).long()
         ranked = score.masked_fill(~members, float("-inf"))
         ranks = torch.empty_like(ranked, dtype=torch.long)
         ranks.scatter_(1, ranked.argsort(dim=1, descending=True, stable=True),
