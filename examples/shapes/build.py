@@ -173,11 +173,11 @@ def build(out: Path, *, quick=False, seed=0, threads=None, work=None, stages=STA
             cache["roundtrip"] = roundtrip_codes(model, processor, pixel, codes(), train, seed=seed)
         return cache["roundtrip"]
 
-    def train_language(phase, rows=None, **options):
-        rows = dict(rows or {})
-        if rows.get("roundtrip_rate"):
-            rows["roundtrip_of"] = roundtrip().__getitem__
-        rows = task_rows(train, lambda scene: codes()[scene], seed=seed + list(LLM_PHASES).index(phase), **rows)
+    def train_language(phase, rows=None, **options):  # `rows`: the phase's task_rows options
+        mix = dict(rows or {})
+        if mix.get("roundtrip_rate"):
+            mix["roundtrip_of"] = roundtrip().__getitem__
+        rows = task_rows(train, lambda scene: codes()[scene], seed=seed + list(LLM_PHASES).index(phase), **mix)
         log(f"{phase}: {len(rows)} rows")
         return {"losses": train_llm(model, processor, rows, run.work / "trainer", steps=steps[phase],
                                     batch_size=LLM_BATCH, seed=seed, log=log, **options), "rows": len(rows)}

@@ -496,6 +496,7 @@ def run(folder, out, *, quick=False, seed=0, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started, timings = time.time(), {}
     tutorial = Tutorial(folder, out, QUICK if quick else FULL, seed=seed, log=log)
+
     def timed(name, call):
         start = time.time()
         result = call()
