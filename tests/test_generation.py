@@ -759,6 +759,26 @@ def _block_causal(total, block_length):
     return (block_of[:, None] >= block_of[None, :])[None, None]
 
 
+def test_cache_argument_takes_either_name_and_output_keeps_it(model, monkeypatch):
+    """Newer transformers 5 releases call the cache `cache` and warn on `past_key_values`: both names are accepted,
+    the output carries the cache under the field its class declares, and no deprecation warning is logged."""
+    import transformers.utils.generic as generic
+
+    warned = []
+    monkeypatch.setattr(generic.logger, "warning_once", lambda message, *a, **k: warned.append(message))
+    ids = torch.randint(0, PROMPT_VOCAB, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first, second = BlockDiffusionCache(32), BlockDiffusionCache(32)
+        old = model(ids, past_key_values=first)
+        new = model(ids, cache=second)
+        torch.testing.assert_close(old.logits, new.logits)
+        field = "cache" if "cache" in type(old).__dataclass_fields__ else "past_key_values"
+        assert getattr(old, field) is first and getattr(new, field) is second
+        with pytest.raises(ValueError, match="not both"):
+            model(ids, past_key_values=first, cache=second)
+    assert not [message for message in warned if "deprecated" in message]
+
+
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("cache_kind", ["dynamic", "block"])
 def test_prefix_cache_gives_full_forward_logits(model, attn_implementation, cache_kind):

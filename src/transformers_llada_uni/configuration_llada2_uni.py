@@ -59,7 +59,7 @@ class LLaDA2MoeConfig(PretrainedConfig):
     """
 
     model_type = "llada2_moe"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     def __init__(
         self,

@@ -21,6 +21,19 @@ from .generation_llada2_uni import LLaDA2MoeGenerationMixin
 from .training_llada2_uni import masked_diffusion_forward
 
 
+def _cache_field(output_class) -> str:
+    """The name under which an output class keeps the cache: `cache` in newer transformers 5 releases (which warn on the
+    old name), `past_key_values` before the rename."""
+    return "cache" if "cache" in getattr(output_class, "__dataclass_fields__", {}) else "past_key_values"
+
+
+def _one_cache(past_key_values, cache):
+    """`past_key_values` and `cache` name the same argument (the latter is the newer transformers spelling)."""
+    if past_key_values is not None and cache is not None:
+        raise ValueError("Pass the cache as `past_key_values` or as `cache`, not both.")
+    return past_key_values if past_key_values is not None else cache
+
+
 class LLaDA2MoeRMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float = 1e-6):
         super().__init__()
@@ -411,8 +424,10 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
         output_hidden_states: Optional[bool] = None,
         output_router_logits: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        cache=None,
         **kwargs,
     ) -> Union[tuple, MoeModelOutputWithPast]:
+        past_key_values = _one_cache(past_key_values, cache)
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -464,7 +479,7 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
 
         output = MoeModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values,
+            **{_cache_field(MoeModelOutputWithPast): past_key_values},
             hidden_states=all_hidden if output_hidden_states else None,
             attentions=all_attn if output_attentions else None,
             router_logits=all_router if output_router_logits else None,
@@ -548,6 +563,7 @@ class LLaDA2MoeForCausalLM(LLaDA2MoePreTrainedModel, LLaDA2MoeGenerationMixin):
         output_router_logits: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         logits_to_keep: Union[int, torch.Tensor] = 0,
+        cache=None,
         **kwargs,
     ) -> Union[tuple, MoeCausalLMOutputWithPast]:
         r"""
@@ -563,6 +579,7 @@ class LLaDA2MoeForCausalLM(LLaDA2MoePreTrainedModel, LLaDA2MoeGenerationMixin):
             Keep only the last `logits_to_keep` positions (an int) or the given positions (a 1-D index tensor).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        past_key_values = _one_cache(past_key_values, cache)
         mask_id = self.config.get_text_config().mask_token_id
         if labels is not None and input_ids is not None and past_key_values is None and not (
             mask_id is not None and (input_ids == mask_id).any()
@@ -605,7 +622,7 @@ class LLaDA2MoeForCausalLM(LLaDA2MoePreTrainedModel, LLaDA2MoeGenerationMixin):
         output = MoeCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{_cache_field(MoeCausalLMOutputWithPast): getattr(outputs, _cache_field(type(outputs)))},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             router_logits=outputs.router_logits,
