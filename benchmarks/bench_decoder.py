@@ -46,6 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="timed runs each, interleaved (best is kept; "
                         "default 2, --quick 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...); timings synchronise on a GPU")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--no-malloc-tuning", action="store_true",
                         help="leave glibc's malloc thresholds alone (by default freed memory stays mapped, as in "
                         "bench_generate.py, so neither side pays a page-fault storm per call)")
@@ -84,7 +86,13 @@ def main(argv=None):
     repeats = args.repeats or (1 if args.quick else 2)
     from diffusers_llada_uni import LLaDA2UniDecoderPipeline
 
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     embedder, transformer, vae, schedulers = build_components(preset)
+    embedder, transformer, vae = (part.to(device) for part in (embedder, transformer, vae))
+    if dtype != torch.float32:
+        embedder, transformer, vae = (part.to(dtype) for part in (embedder, transformer, vae))
     pipes = {}
     for name, scheduler in schedulers.items():
         pipes[name] = LLaDA2UniDecoderPipeline(embedder, transformer, vae, scheduler)
@@ -92,8 +100,10 @@ def main(argv=None):
     calls = count_calls(transformer)
     grid = (preset["grid"], preset["grid"])
     codes = torch.randint(0, preset["vocab"], (1, grid[0] * grid[1]), generator=torch.Generator().manual_seed(1))
+    codes = codes.to(device)
     rm = args.resolution_multiplier
     noise = torch.randn(pipes["normal"].latent_shape(1, grid, rm), generator=torch.Generator().manual_seed(2))
+    noise = noise.to(device, dtype)
     steps = {"normal": args.normal_steps, "turbo": args.turbo_steps}
 
     def run_pipe(name):
@@ -106,7 +116,7 @@ def main(argv=None):
     captions = [cap[0], torch.zeros_like(cap[0])]
 
     def run_raw():
-        schedule = torch.linspace(0, 1, steps["normal"] + 1)
+        schedule = torch.linspace(0, 1, steps["normal"] + 1, device=device, dtype=dtype)
         with torch.no_grad():
             for t in schedule[:-1]:
                 transformer(samples, t.expand(2), captions, return_dict=False)
@@ -120,13 +130,16 @@ def main(argv=None):
     best = {name: float("inf") for name in methods}
     for _ in range(repeats):
         for name, fn in methods.items():
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             best[name] = min(best[name], time.perf_counter() - start)
 
     side = 16 * rm * preset["grid"]
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"malloc tuning {'on' if malloc_tuned else 'off'}")
+          f"malloc tuning {'on' if malloc_tuned else 'off'}, {args.dtype} on {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print(f"decoder: dim {preset['dim']}, {preset['layers']} layers, grid {grid[0]}x{grid[1]} tokens -> "
           f"{side}x{side} px (resolution_multiplier {rm}), best of {repeats}")
     for name in methods:

@@ -1,5 +1,5 @@
 """Block-cached `generate()` vs the original full-prefix LLaDA2.0 algorithm, SPRINT and diffusers' `LLaDA2Pipeline`,
-on a small random LLaDA2 MoE (CPU).
+on a small random LLaDA2 MoE (CPU; `--device cuda --preset mid --dtype bf16` for a GPU).
 
 Five ways to run the same greedy block-diffusion decoding, on the same weights and prompt, in one process:
 
@@ -22,6 +22,7 @@ printed is `speedup_vs_full_prefix=<baseline wall time / cached wall time>`; the
     python benchmarks/bench_generate.py --quick         # tiny model, prompt 64, gen 64: a smoke test (< 20 s)
     python benchmarks/bench_generate.py --profile       # + where the time of the cached path goes
     python benchmarks/bench_generate.py --methods cached,sprint --sprint-keep-ratio 0.25
+    python benchmarks/bench_generate.py --device cuda --preset mid --dtype bf16   # a 4.1B-parameter MoE on a GPU
 """
 
 import argparse
@@ -39,6 +40,10 @@ if REPO_ROOT not in sys.path:
 MODEL_PRESETS = {
     "default": dict(hidden=512, layers=6, intermediate=1024, experts=64, top_k=8, n_group=8, topk_group=4,
                     moe_intermediate=128, heads=8, kv_heads=2, vocab=4096, init_std=0.08, logit_std=13.0),
+    # A mid-size MoE for a GPU (run it with --device cuda --dtype bf16): LLaDA2.0-mini's expert shape (256 experts of
+    # 512, top-8 in 8 groups, hidden 2048), 6 layers instead of 20 and a smaller vocabulary; about 4.1B parameters.
+    "mid": dict(hidden=2048, layers=6, intermediate=5120, experts=256, top_k=8, n_group=8, topk_group=4,
+                moe_intermediate=512, heads=32, kv_heads=4, vocab=32768, init_std=0.04, logit_std=13.0),
     "quick": dict(hidden=128, layers=3, intermediate=256, experts=16, top_k=4, n_group=4, topk_group=2,
                   moe_intermediate=64, heads=4, kv_heads=2, vocab=1024, init_std=0.08, logit_std=13.0),
 }
@@ -70,6 +75,10 @@ def parse_args(argv=None):
                         help="SPRINT unmasking strategy: low_confidence, top_k_margin or neg_entropy")
     parser.add_argument("--no-memory", action="store_true", help="skip the extra run per method that measures memory")
     parser.add_argument("--experts-backend", choices=("auto", "grouped_mm", "loop"), default="auto")
+    parser.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa", help="attention implementation")
+    parser.add_argument("--preset", choices=tuple(MODEL_PRESETS), default=None,
+                        help="model shape preset (default: 'default'; --quick: 'quick'; 'mid' is for a GPU)")
     parser.add_argument("--baseline-logits-to-keep", action="store_true",
                         help="let the baseline project only the last block to logits (the original projects the "
                         "whole prefix; this makes the baseline cheaper)")
@@ -86,11 +95,13 @@ def parse_args(argv=None):
     args.prompt_length = args.prompt_length or (64 if args.quick else 512)
     args.gen_length = args.gen_length or (64 if args.quick else 256)
     args.repeats = args.repeats or (1 if args.quick else 2)
-    preset = dict(MODEL_PRESETS["quick" if args.quick else "default"])
+    preset = dict(MODEL_PRESETS[args.preset or ("quick" if args.quick else "default")])
     for name in preset:
         if getattr(args, name) is not None:
             preset[name] = getattr(args, name)
     args.shape = preset
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        parser.error(f"--device: expected cpu or cuda[:N]; got {args.device!r}.")
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(args.methods) - set(METHODS)
     if unknown or not args.methods:
@@ -133,6 +144,16 @@ def peak_memory_mib(run, torch):
         return status("VmHWM") - before
     except (OSError, TypeError):
         return None
+
+
+def cuda_peak_memory_mib(run, torch):
+    """Peak of the CUDA caching allocator's allocated memory (MiB) during `run()`, over what was allocated before."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
 def cpu_model():
@@ -203,9 +224,11 @@ def build_model(args, torch):
         mask_token_id=vocab - 1,
         block_length=args.block_length,
         initializer_range=s["init_std"],
+        attn_implementation=args.attn,
     )
     torch.manual_seed(args.seed)
-    model = LLaDA2MoeForCausalLM(config).eval()
+    with torch.device(args.device):  # initialised where it runs (a GPU fills a mid-size model in a blink)
+        model = LLaDA2MoeForCausalLM(config).eval()
     with torch.no_grad():
         # A sharp head (logit std `logit_std` instead of ~init_std * sqrt(hidden)), so that some predictions clear the
         # threshold (multi-token steps) and others do not: the runs mix threshold and quota decisions as a trained
@@ -237,7 +260,12 @@ def main(argv=None):
     model = build_model(args, torch)
     config = model.config
     generator = torch.Generator().manual_seed(args.seed + 1)
-    prompt = torch.randint(0, config.vocab_size - 8, (1, args.prompt_length), generator=generator)
+    prompt = torch.randint(0, config.vocab_size - 8, (1, args.prompt_length), generator=generator).to(args.device)
+    cuda = args.device.startswith("cuda")
+
+    def synchronize():
+        if cuda:
+            torch.cuda.synchronize(args.device)
     P, G, L = args.prompt_length, args.gen_length, args.block_length
     common = dict(gen_length=G, block_length=L, steps=args.steps, threshold=args.threshold)
 
@@ -277,10 +305,13 @@ def main(argv=None):
     params = sum(p.numel() for p in model.parameters())
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
           f"CPU {cpu_model()} ({os.cpu_count()} cores), malloc tuning {'on' if malloc_tuned else 'off'}")
+    if cuda:
+        print(f"device {args.device}: {torch.cuda.get_device_name(args.device)}, torch CUDA {torch.version.cuda}; "
+              "peak MiB below is the CUDA allocator's peak, CPU s is the host's time")
     print(f"model: {params / 1e6:.1f}M params, hidden {s['hidden']}, {s['layers']} layers (first dense), "
           f"{s['experts']} experts top-{s['top_k']} ({s['n_group']} groups, top-{s['topk_group']}) + 1 shared, "
           f"moe_intermediate {s['moe_intermediate']}, heads {s['heads']}/{s['kv_heads']} x 64, vocab {s['vocab']}, "
-          f"logit std {s['logit_std']}, {args.dtype}, experts backend {args.experts_backend}")
+          f"logit std {s['logit_std']}, {args.dtype}, {args.attn} attention, experts backend {args.experts_backend}")
     print(f"decode: prompt {P}, gen {G}, block {L}, steps {args.steps}, threshold {args.threshold}, greedy; "
           f"{args.repeats} timed run(s) per method after a warm-up, best reported", flush=True)
     if "sprint" in args.methods:
@@ -298,8 +329,10 @@ def main(argv=None):
     if not args.full_warmup:
         total = -(-(P + G) // L) * L
         with torch.no_grad():
-            model(input_ids=torch.full((1, total), config.mask_token_id), position_ids=torch.arange(total)[None],
-                  attention_mask=torch.ones(1, 1, total, total, dtype=torch.bool))
+            device = args.device
+            model(input_ids=torch.full((1, total), config.mask_token_id, device=device),
+                  position_ids=torch.arange(total, device=device)[None],
+                  attention_mask=torch.ones(1, 1, total, total, dtype=torch.bool, device=device))
 
     # Timed runs, interleaved (a, b, c, a, b, c, ...) so that a burst of load from other processes does not hit a
     # single method; the best run of each method is reported.
@@ -312,8 +345,10 @@ def main(argv=None):
     for _ in range(args.repeats):
         for name in args.methods:
             monitor.start()
+            synchronize()
             start, cpu_start = time.perf_counter(), time.process_time()
             ids, passes = runners[name](common)
+            synchronize()
             times[name].append(time.perf_counter() - start)
             cpu_times[name].append(time.process_time() - cpu_start)
             background[name].append(monitor.stop())
@@ -340,7 +375,8 @@ def main(argv=None):
         share = (ids[:, :width] == reference[:, :width]).float().sum().item() / max(reference.shape[1], 1)
         results[name]["agreement"] = 1.0 if same else share
     for name in args.methods if not args.no_memory else ():
-        results[name]["memory"] = peak_memory_mib(lambda: runners[name](common), torch)
+        measure = cuda_peak_memory_mib if cuda else peak_memory_mib
+        results[name]["memory"] = measure(lambda: runners[name](common), torch)
 
     if args.profile and "cached" in args.methods:
         profile_cached(lambda: runners["cached"](common), torch)

@@ -3,12 +3,14 @@
 For a block of T tokens routed to k of E experts (intermediate I each), the routed work is T x k expert MLPs. The
 dense baseline does the same multiply-adds in one SwiGLU MLP of intermediate k * I. Both get the same input; the MoE
 side is the project's `LLaDA2MoeSparseMoeBlock` without its shared expert (router + grouped expert matmuls + combine),
-timed per experts backend. The ratio says what routing and sparsity cost beyond the arithmetic; at a 32-token block
+timed per experts backend. On a GPU every timing is bracketed by synchronisations, and the read floor is one streaming
+sum over all the experts' weights scaled to the share of experts hit. The ratio says what routing and sparsity cost beyond the arithmetic; at a 32-token block
 most of it is reading the weights of every expert hit (about 1 - (1 - k/E)^T of them), which a dense layer of equal
 FLOPs never has to.
 
     python benchmarks/bench_moe.py                 # H 2048, I 512, E 256, k 8, T 32 (LLaDA2.0-mini), fp32
     python benchmarks/bench_moe.py --quick         # a small layer, for a smoke test
+    python benchmarks/bench_moe.py --device cuda --dtype bf16 --repeats 200   # the same on a GPU
 
 The last line is one JSON object with `moe_vs_dense_time` (best backend) and the per-backend times.
 """
@@ -42,6 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per method (the median is kept)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     return parser.parse_args(argv)
 
 
@@ -64,12 +67,14 @@ def build_layer(shape: dict, dtype: torch.dtype):
     return layer.to(dtype)
 
 
-def median_time(fn, repeats: int) -> float:
+def median_time(fn, repeats: int, synchronize=lambda: None) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
@@ -81,11 +86,14 @@ def main(argv=None):
     tune_malloc()
     shape = SHAPES["quick" if args.quick else "mini"]
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    layer = build_layer(shape, dtype)
-    hidden = torch.randn(1, args.tokens, shape["hidden"], generator=torch.Generator().manual_seed(1)).to(dtype)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    layer = build_layer(shape, dtype).to(device)
+    hidden = torch.randn(1, args.tokens, shape["hidden"], generator=torch.Generator().manual_seed(1)).to(device, dtype)
     dense_inter = shape["top_k"] * shape["inter"]
-    gate_up = torch.randn(2 * dense_inter, shape["hidden"]).to(dtype) * shape["hidden"] ** -0.5
-    down = torch.randn(shape["hidden"], dense_inter).to(dtype) * dense_inter ** -0.5
+    gate_up = (torch.randn(2 * dense_inter, shape["hidden"]) * shape["hidden"] ** -0.5).to(device, dtype)
+    down = (torch.randn(shape["hidden"], dense_inter) * dense_inter ** -0.5).to(device, dtype)
 
     def dense():
         gate, up = F.linear(hidden, gate_up).chunk(2, dim=-1)
@@ -94,10 +102,10 @@ def main(argv=None):
     with torch.no_grad():
         topk_idx, _, _ = layer.gate(hidden.reshape(-1, shape["hidden"]))
         hit = int(topk_idx.unique().numel())
-        timings = {"dense": median_time(dense, args.repeats)}
+        timings = {"dense": median_time(dense, args.repeats, sync)}
         for backend in ("grouped_mm", "loop"):
             layer.experts.backend = backend
-            timings[backend] = median_time(lambda: layer(hidden), args.repeats)
+            timings[backend] = median_time(lambda: layer(hidden), args.repeats, sync)
         # The memory floor: one streaming pass over the weights of the experts hit (no arithmetic to speak of).
         experts = topk_idx.unique()
         gate_up_w, down_w = layer.experts.gate_up_proj, layer.experts.down_proj
@@ -105,11 +113,19 @@ def main(argv=None):
         def read_hit_weights():
             return sum(float(gate_up_w[e].sum()) + float(down_w[e].sum()) for e in experts.tolist())
 
-        timings["read_floor"] = median_time(read_hit_weights, max(3, args.repeats // 2))
+        def read_all_weights():  # one kernel per tensor, no host round trip per expert
+            return gate_up_w.sum() + down_w.sum()
+
+        if cuda:
+            whole = median_time(read_all_weights, max(3, args.repeats // 2), sync)
+            timings["read_floor"] = whole * hit / shape["experts"]
+        else:
+            timings["read_floor"] = median_time(read_hit_weights, max(3, args.repeats // 2))
     best = min(("grouped_mm", "loop"), key=timings.get)
     flops = 2 * 3 * args.tokens * shape["top_k"] * shape["inter"] * shape["hidden"]
     weight_bytes = torch.empty((), dtype=dtype).element_size() * 3 * shape["inter"] * shape["hidden"]
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}")
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}"
+          + (f", {torch.cuda.get_device_name(device)}" if cuda else ""))
     print(f"layer: H {shape['hidden']}, I {shape['inter']}, E {shape['experts']}, top-{shape['top_k']}, "
           f"{args.tokens} tokens; {hit} experts hit ({hit * weight_bytes / 1e6:.0f} MB of expert weights read), "
           f"dense equal-FLOP MLP reads {shape['top_k'] * weight_bytes / 1e6:.0f} MB")
@@ -122,7 +138,7 @@ def main(argv=None):
     result = {"moe_vs_dense_time": round(timings[best] / timings["dense"], 3), "best_backend": best,
               "moe_vs_read_floor": round(timings[best] / timings["read_floor"], 3),
               "dense_ms": round(timings["dense"] * 1e3, 3), "grouped_mm_ms": round(timings["grouped_mm"] * 1e3, 3),
-              "loop_ms": round(timings["loop"] * 1e3, 3), "experts_hit": hit}
+              "loop_ms": round(timings["loop"] * 1e3, 3), "experts_hit": hit, "device": device.type}
     print(json.dumps(result))
     return 0
 

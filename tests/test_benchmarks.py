@@ -69,3 +69,14 @@ def test_run_all_collects_one_json_line():
     assert summary["tokens_identical"] is True and summary["exact_cache_speedup"] > 0
     assert summary["sprint_extra_speedup"] > 0 and summary["vs_diffusers_speedup"] > 0
     assert summary["diffusers_tokens_identical"] is True
+
+
+def test_check_cache_exactness_finds_the_cache_exact_on_cpu():
+    result = subprocess.run([sys.executable, "benchmarks/check_cache_exactness.py", "--threads", "1", "--prompt-length",
+                             "64", "--gen-length", "64", "--cases", "fp32:sdpa,bf16:eager"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "cache_token_exact=True"
+    rows = [line for line in lines if line.startswith(("fp32", "bf16"))]
+    assert len(rows) == 2 and all("100.0% of tokens" in row and "argmax equal 100.0%" in row for row in rows)
