@@ -3,10 +3,10 @@
 For a block of T tokens routed to k of E experts (intermediate I each), the routed work is T x k expert MLPs. The
 dense baseline does the same multiply-adds in one SwiGLU MLP of intermediate k * I. Both get the same input; the MoE
 side is the project's `LLaDA2MoeSparseMoeBlock` without its shared expert (router + grouped expert matmuls + combine),
-timed per experts backend. On a GPU every timing is bracketed by synchronisations, and the read floor is one streaming
-sum over all the experts' weights scaled to the share of experts hit. The ratio says what routing and sparsity cost beyond the arithmetic; at a 32-token block
+timed per experts backend. The ratio says what routing and sparsity cost beyond the arithmetic; at a 32-token block
 most of it is reading the weights of every expert hit (about 1 - (1 - k/E)^T of them), which a dense layer of equal
-FLOPs never has to.
+FLOPs never has to. On a GPU every timing is bracketed by synchronisations, and the read floor is one streaming sum
+over all the experts' weights, scaled to the share of experts hit.
 
     python benchmarks/bench_moe.py                 # H 2048, I 512, E 256, k 8, T 32 (LLaDA2.0-mini), fp32
     python benchmarks/bench_moe.py --quick         # a small layer, for a smoke test

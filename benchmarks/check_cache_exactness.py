@@ -42,6 +42,9 @@ def parse_args(argv=None):
                         help="comma-separated dtype:attention pairs")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.gen_length < 64:
+        parser.error(f"--gen-length must cover two blocks of 32 (>= 64): the logits check reads the second block; "
+                     f"got {args.gen_length}")
     args.cases = [tuple(case.split(":")) for case in args.cases.split(",") if case]
     for dtype, attn in args.cases:
         if dtype not in ("fp32", "bf16") or attn not in ("sdpa", "eager"):
@@ -106,7 +109,8 @@ def main(argv=None):
     for dtype, attn in args.cases:
         row = check(args, dtype, attn)
         exact &= row["cached_agreement"] == 1.0
-        print(f"{row['case']:<11} baseline {row['baseline_forwards']} forwards | cached {row['cached_forwards']} forwards, "
+        print(f"{row['case']:<11} baseline {row['baseline_forwards']} forwards | "
+              f"cached {row['cached_forwards']} forwards, "
               f"{row['cached_agreement']:.1%} of tokens | uncached {row['uncached_forwards']} forwards, "
               f"{row['uncached_agreement']:.1%} | block logits max |diff| {row['logits_max_abs_diff']:.2e} "
               f"(max |logit| {row['logits_scale']:.1f}), argmax equal {row['argmax_agreement']:.1%}, "
