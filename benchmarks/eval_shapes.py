@@ -44,7 +44,8 @@ def parse_args(argv=None):
     parser.add_argument("--sprint", default=None, metavar="KEY=VALUE[,KEY=VALUE...]",
                         help="run every LLM generation with SPRINT: 'on' for the defaults, or SprintConfig fields "
                         "(keep_ratio, image_keep_ratio, text_keep_ratio, confidence_alpha, cache_warmup_steps, "
-                        "strategy, threshold), e.g. keep_ratio=0.5")
+                        "strategy, threshold, protect_structure, protected_token_ids as ids joined by ';'), e.g. "
+                        "keep_ratio=0.5,protect_structure=false")
     args = parser.parse_args(argv)
     try:
         args.sprint = parse_sprint(args.sprint)
@@ -67,8 +68,11 @@ def parse_sprint(text):
         if not sep:
             raise ValueError(f"expected KEY=VALUE, got {item!r}")
         value = value.strip()
-        if value.lower() == "none":
-            settings[key.strip()] = None
+        if value.lower() in ("none", "true", "false"):
+            settings[key.strip()] = {"none": None, "true": True, "false": False}[value.lower()]
+            continue
+        if ";" in value:  # a list of ids: protected_token_ids=64;65;66
+            settings[key.strip()] = [int(part) for part in value.split(";") if part.strip()]
             continue
         for kind in (int, float):
             try:

@@ -1,6 +1,7 @@
 """The untrained tiny LLaDA2.0-Uni of the shapes world: built from scratch with the release's classes, saved as one
 converted folder, and run through LLaDA2UniPipeline for all three tasks at the shapes world's 48 px."""
 
+import pytest
 import torch
 
 from examples.shapes.factory import build_tokenizer, save_untrained
@@ -59,3 +60,13 @@ def test_eval_shapes_passes_sprint_to_every_task(tmp_path, capsys, monkeypatch):
     assert summary["sprint"] == {"keep_ratio": 0.5, "strategy": "neg_entropy"}
     # t2i (one batch), understanding (one batch), every edit, and the three tokens-per-forward runs used SPRINT.
     assert len(runs) >= 6 and all(r.keep_ratio == 0.5 and r.strategy == "neg_entropy" for r in runs)
+
+
+def test_eval_shapes_parses_sprint_booleans_and_id_lists():
+    from benchmarks.eval_shapes import parse_sprint
+
+    assert parse_sprint("keep_ratio=0.5,protect_structure=false,protected_token_ids=64;65") == {
+        "keep_ratio": 0.5, "protect_structure": False, "protected_token_ids": [64, 65]}
+    assert parse_sprint("threshold=none,protect_structure=True") == {"threshold": None, "protect_structure": True}
+    with pytest.raises(ValueError, match="protect_structure"):
+        parse_sprint("protect_structure=maybe")

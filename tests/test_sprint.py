@@ -24,6 +24,7 @@ from transformers_llada_uni.sprint_llada2_uni import (
     select_prefix,
     sprint_from_original,
     strategy_scores,
+    structural_token_ids,
 )
 
 MASK, PAD = 127, 126
@@ -226,6 +227,54 @@ def test_select_prefix_protected_positions_do_not_use_the_budget():
     assert keep[0].nonzero().flatten().tolist() == [0, 2, 3, 4, 6, 7, 8, 9]
 
 
+def test_select_prefix_keeps_protected_ids_on_top_of_the_budget():
+    tokens = torch.tensor([[5, 9, 9, 30, 31, 32, 33, 9, 34, 35, 36, 37]])  # 9 is a structural id
+    valid = torch.ones_like(tokens, dtype=torch.bool)
+    importance = torch.tensor([[0.1, 0.0, 0.0, 0.9, 0.8, 0.7, 0.6, 0.0, 0.5, 0.1, 0.1, 0.1]])
+    settings = SprintConfig(keep_ratio=0.5, confidence_alpha=0.0)
+    plain = select_prefix(importance, torch.ones(tokens.shape), tokens, valid, settings, block_length=3)
+    keep = select_prefix(importance, torch.ones(tokens.shape), tokens, valid, settings, block_length=3,
+                         protected_ids=torch.tensor([9]))
+    # Without protection the 9s score lowest and go; the 8 unprotected positions keep ceil(4) = 4: 3, 4, 5, 6.
+    assert plain[0].nonzero().flatten().tolist() == [0, 3, 4, 5, 6, 9, 10, 11]
+    # With it the three 9s stay, and the other 5 positions (3-6, 8) keep ceil(2.5) = 3 by importance.
+    assert keep[0].nonzero().flatten().tolist() == [0, 1, 2, 3, 4, 5, 7, 9, 10, 11]
+
+
+def test_structural_token_ids_come_from_the_config(uni, model):
+    config = uni.config
+    assert structural_token_ids(config) == sorted({93, 88, 91, 89})  # bos, image start / end, boi
+    widened = LLaDA2UniConfig(**{**config.to_dict(), "reserved_token_start_id": 60, "num_reserved_tokens": 3,
+                                 "uncondition_token_id": 70, "structural_token_ids": [80, 81]})
+    assert structural_token_ids(widened) == [60, 61, 62, 70, 80, 81, 88, 89, 91, 93]
+    assert structural_token_ids(model.config) == [model.config.bos_token_id]  # text-only: bos alone
+    with pytest.raises(ValueError, match="structural_token_ids"):
+        LLaDA2UniConfig(**{**config.to_dict(), "structural_token_ids": [TEXT_VOCAB + 1]})  # an image id
+
+
+@pytest.mark.parametrize("settings,expected", [
+    ({"keep_ratio": 0.25}, [88, 89, 91, 93]),
+    ({"keep_ratio": 0.25, "protect_structure": False}, []),
+    ({"keep_ratio": 0.25, "protect_structure": False, "protected_token_ids": [7]}, [7]),
+    ({"keep_ratio": 0.25, "protected_token_ids": [7, 88]}, [7, 88, 89, 91, 93]),
+])
+def test_generation_passes_the_protected_ids_to_pruning(uni, monkeypatch, settings, expected):
+    import transformers_llada_uni.sprint_llada2_uni as sprint_module
+
+    seen = []
+    original = sprint_module.select_prefix
+
+    def recording(*args, **kwargs):
+        seen.append(args[7].tolist())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sprint_module, "select_prefix", recording)
+    cond, _, _ = image_prompts()
+    prompt_ids = torch.cat([cond, torch.tensor([[88, 5, 5, 89]])], dim=1)
+    uni.generate_image_tokens(prompt_ids, height=4, width=6, steps=4, block_length=BLOCK, sprint=settings)
+    assert seen and all(ids == expected for ids in seen)
+
+
 @pytest.mark.parametrize(
     "sprint,name",
     [
@@ -237,6 +286,9 @@ def test_select_prefix_protected_positions_do_not_use_the_budget():
         ({"cache_warmup_steps": 0}, "cache_warmup_steps"),
         ({"strategy": "random"}, "strategy"),
         ({"threshold": 0.0}, "threshold"),
+        ({"protect_structure": "yes"}, "protect_structure"),
+        ({"protected_token_ids": "12"}, "protected_token_ids"),
+        ({"protected_token_ids": [3, -1]}, "protected_token_ids"),
         ({"keep": 0.5}, "unknown settings"),
         ("yes", "sprint"),
     ],

@@ -104,6 +104,7 @@ def build_model(tokenizer, sizes: ShapesModelSizes, seed: int = 0):
         image_end_token_id=vocab["<|/image|>"], boi_token_id=vocab["<boi>"],
         uncondition_token_id=vocab["<uncondition>"], reserved_token_start_id=vocab["<|reserved_token_0|>"],
         num_reserved_tokens=NUM_RESERVED,
+        structural_token_ids=[vocab["<role>"], vocab["</role>"], vocab["<|role_end|>"]],  # kept whole by SPRINT
     )
     torch.manual_seed(seed)
     return LLaDA2UniForConditionalGeneration(config)

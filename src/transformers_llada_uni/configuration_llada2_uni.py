@@ -300,6 +300,9 @@ class LLaDA2UniConfig(PretrainedConfig):
         image_start_token_id (`<|image|>`), image_end_token_id (`<|/image|>`), boi_token_id (`<boi>`),
         uncondition_token_id (`<uncondition>`), reserved_token_start_id (`<|reserved_token_0|>`; grid sides N are
             written as `<|reserved_token_N|>`), num_reserved_tokens (`int`, defaults to 48): special ids.
+        structural_token_ids (`list[int]`, *optional*): further ids that give a prompt its structure, such as chat
+            role markers where the tokenizer has them as single special tokens. SPRINT never prunes these, nor the
+            special ids above (see `SprintConfig.protect_structure`). Defaults to none.
     """
 
     model_type = "llada2_uni"
@@ -318,6 +321,7 @@ class LLaDA2UniConfig(PretrainedConfig):
         uncondition_token_id=None,
         reserved_token_start_id=None,
         num_reserved_tokens=48,
+        structural_token_ids=None,
         **kwargs,
     ):
         if isinstance(text_config, dict):
@@ -351,6 +355,7 @@ class LLaDA2UniConfig(PretrainedConfig):
         self.uncondition_token_id = uncondition_token_id
         self.reserved_token_start_id = reserved_token_start_id
         self.num_reserved_tokens = num_reserved_tokens
+        self.structural_token_ids = list(structural_token_ids or [])
         kwargs.pop("auto_map", None)
         super().__init__(**kwargs)
         self.auto_map = dict(_UNI_AUTO_MAP)
@@ -379,6 +384,11 @@ class LLaDA2UniConfig(PretrainedConfig):
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.image_token_offset:
                 raise ValueError(f"`{name}` ({value}) must be a text id below image_token_offset={self.image_token_offset}.")
+        bad = [value for value in self.structural_token_ids
+               if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.image_token_offset]
+        if bad:
+            raise ValueError(f"`structural_token_ids` must be text ids below image_token_offset="
+                             f"{self.image_token_offset}; got {bad}.")
 
 
 __all__ = ["LLaDA2MoeConfig", "LLaDA2UniConfig"]
