@@ -22,7 +22,7 @@ printed is `speedup_vs_full_prefix=<baseline wall time / cached wall time>`; the
     python benchmarks/bench_generate.py --quick         # tiny model, prompt 64, gen 64: a smoke test (< 20 s)
     python benchmarks/bench_generate.py --profile       # + where the time of the cached path goes
     python benchmarks/bench_generate.py --methods cached,sprint --sprint-keep-ratio 0.25
-    python benchmarks/bench_generate.py --device cuda --preset mid --dtype bf16   # a 4.1B-parameter MoE on a GPU
+    python benchmarks/bench_generate.py --device cuda --preset mid --dtype bf16   # a 4.3B-parameter MoE on a GPU
 """
 
 import argparse
@@ -41,7 +41,7 @@ MODEL_PRESETS = {
     "default": dict(hidden=512, layers=6, intermediate=1024, experts=64, top_k=8, n_group=8, topk_group=4,
                     moe_intermediate=128, heads=8, kv_heads=2, vocab=4096, init_std=0.08, logit_std=13.0),
     # A mid-size MoE for a GPU (run it with --device cuda --dtype bf16): LLaDA2.0-mini's expert shape (256 experts of
-    # 512, top-8 in 8 groups, hidden 2048), 6 layers instead of 20 and a smaller vocabulary; about 4.1B parameters.
+    # 512, top-8 in 8 groups, hidden 2048), 6 layers instead of 20 and a smaller vocabulary; about 4.3B parameters.
     "mid": dict(hidden=2048, layers=6, intermediate=5120, experts=256, top_k=8, n_group=8, topk_group=4,
                 moe_intermediate=512, heads=32, kv_heads=4, vocab=32768, init_std=0.04, logit_std=13.0),
     "quick": dict(hidden=128, layers=3, intermediate=256, experts=16, top_k=4, n_group=4, topk_group=2,
