@@ -8,8 +8,13 @@ For each dtype and attention implementation asked for, on one random model of `b
            written in one forward, then the finished block re-run with the new block) against one full forward:
            the largest absolute difference, the share of equal argmaxes, the largest change of top probability.
 
+  noise    (`--noise-runs N`) the cached run again N times with relative noise of `--noise` (default 2^-8, about one
+           bf16 rounding step) added to the final hidden states of every forward: how far forwards and agreement
+           move when only rounding-sized differences separate the paths.
+
 Exact arithmetic gives 0 and 100%; rounding that depends on the matrix shapes (a 32-row product against a 576-row
-one) shows as small logit differences and, through one flipped decision, as a different token path.
+one) shows as small logit differences and, through one flipped decision, as a different token path, whose number of
+forwards stays within the spread of the noise runs.
 
     python benchmarks/check_cache_exactness.py --preset quick                      # CPU, a few seconds per case
     python benchmarks/check_cache_exactness.py --device cuda --preset mid --layers 3
@@ -41,6 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--cases", default="fp32:sdpa,fp32:eager,bf16:sdpa,bf16:eager",
                         help="comma-separated dtype:attention pairs")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--noise-runs", type=int, default=0, help="cached runs with noisy hidden states, per case")
+    parser.add_argument("--noise", type=float, default=2.0**-8, help="relative noise of those runs")
     args = parser.parse_args(argv)
     if args.gen_length < 64:
         parser.error(f"--gen-length must cover two blocks of 32 (>= 64): the logits check reads the second block; "
@@ -67,15 +74,31 @@ def check(args, dtype: str, attn: str) -> dict:
     baseline, baseline_passes = full_prefix_generate(
         model, prompt, **decode, mask_id=config.mask_token_id, eos_id=config.eos_token_id,
         mask_dtype=torch.float32 if dtype == "fp32" else torch.bfloat16)
-    row = {"case": f"{dtype} {attn}", "baseline_forwards": baseline_passes}
-    for name, use_cache in (("cached", True), ("uncached", False)):
+    row = {"case": f"{dtype} {attn}", "baseline_forwards": baseline_passes, "noise": []}
+
+    def decode_and_compare(use_cache):
         out = model.generate(prompt, **decode, temperature=0.0, use_block_cache=use_cache, return_dict_in_generate=True,
                              mask_token_id=config.mask_token_id, eos_token_id=config.eos_token_id)
         ids = out.sequences[:, P:]
         same = ids.shape == baseline.shape and bool(torch.equal(ids, baseline))
         width = min(ids.shape[1], baseline.shape[1])
         share = (ids[:, :width] == baseline[:, :width]).float().sum().item() / baseline.shape[1]
-        row[f"{name}_forwards"], row[f"{name}_agreement"] = out.num_forward_passes, 1.0 if same else share
+        return out.num_forward_passes, 1.0 if same else share
+
+    for name, use_cache in (("cached", True), ("uncached", False)):
+        row[f"{name}_forwards"], row[f"{name}_agreement"] = decode_and_compare(use_cache)
+    for seed in range(args.noise_runs):
+        generator = torch.Generator(device=device).manual_seed(seed)
+
+        def perturb(module, inputs, output):
+            noise = torch.randn(output.shape, generator=generator, device=output.device).to(output.dtype)
+            return output + output * noise * args.noise
+
+        handle = model.model.norm.register_forward_hook(perturb)
+        try:
+            row["noise"].append(decode_and_compare(True))
+        finally:
+            handle.remove()
 
     # The second block's first step on the baseline's canvas, through the cache and in one full forward.
     canvas = torch.cat([prompt, baseline], 1)
@@ -115,6 +138,9 @@ def main(argv=None):
               f"{row['uncached_agreement']:.1%} | block logits max |diff| {row['logits_max_abs_diff']:.2e} "
               f"(max |logit| {row['logits_scale']:.1f}), argmax equal {row['argmax_agreement']:.1%}, "
               f"top-prob max |diff| {row['top_prob_max_diff']:.2e}", flush=True)
+        if row["noise"]:
+            print(f"{'':<11} cached with noise {args.noise:.2g}: " + ", ".join(
+                f"{passes} forwards ({share:.1%})" for passes, share in row["noise"]), flush=True)
     print(f"cache_token_exact={exact}")
     return 0
 

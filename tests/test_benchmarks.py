@@ -73,10 +73,11 @@ def test_run_all_collects_one_json_line():
 
 def test_check_cache_exactness_finds_the_cache_exact_on_cpu():
     result = subprocess.run([sys.executable, "benchmarks/check_cache_exactness.py", "--threads", "1", "--prompt-length",
-                             "64", "--gen-length", "64", "--cases", "fp32:sdpa,bf16:eager"],
+                             "64", "--gen-length", "64", "--cases", "fp32:sdpa,bf16:eager", "--noise-runs", "1"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[-1] == "cache_token_exact=True"
     rows = [line for line in lines if line.startswith(("fp32", "bf16"))]
     assert len(rows) == 2 and all("100.0% of tokens" in row and "argmax equal 100.0%" in row for row in rows)
+    assert sum("cached with noise" in line for line in lines) == 2
