@@ -48,7 +48,7 @@ grep -q "grouped_mm on cuda failed" "$OUT/machine.txt" && BACKEND=loop
 step generate 240 $PY benchmarks/bench_generate.py --device cuda --preset mid --dtype bf16 --attn sdpa --repeats 3 \
   --experts-backend "$BACKEND"
 step exactness 150 $PY benchmarks/check_cache_exactness.py --device cuda --preset mid --layers 3 --prompt-length 512 \
-  --gen-length 256
+  --gen-length 256 --noise-runs 3
 step moe 60 $PY benchmarks/bench_moe.py --device cuda --dtype bf16 --repeats 200
 step moe_512 60 $PY benchmarks/bench_moe.py --device cuda --dtype bf16 --repeats 200 --tokens 512
 step decoder 90 $PY benchmarks/bench_decoder.py --device cuda --dtype bf16 --grid 32 --repeats 3
