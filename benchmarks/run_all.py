@@ -4,7 +4,7 @@ Each benchmark runs as its own process (clean memory, its own timing) with the s
 are collected into one summary. `bench_generate` times, in one process on the same weights and prompt, the original
 full-prefix algorithm, diffusers' `LLaDA2Pipeline` driving our backbone, our exact-cache `generate()` and our
 `generate()` + SPRINT (keep_ratio 0.5); its table (tokens/s, forwards, tokens per forward, peak memory, agreement with
-the baseline) is printed as is.
+the baseline) is printed as is. `bench_train_step` times a training step with grouped_mm and with the per-expert loop.
 
     python -m benchmarks.run_all                    # full sizes (about 25 minutes on 2 cores)
     python -m benchmarks.run_all --quick            # smoke sizes (about 2 minutes)
@@ -23,6 +23,7 @@ BENCHMARKS = {
     "generate": "benchmarks/bench_generate.py",
     "decoder": "benchmarks/bench_decoder.py",
     "moe": "benchmarks/bench_moe.py",
+    "train": "benchmarks/bench_train_step.py",
     "convert": "benchmarks/bench_convert.py",
 }
 
@@ -104,6 +105,11 @@ def main(argv=None):
             summary["moe_vs_dense_time"] = moe["moe_vs_dense_time"]
             summary["moe_vs_read_floor"] = moe["moe_vs_read_floor"]
             rows.append(("MoE layer vs equal-FLOP dense", f"{moe['moe_vs_dense_time']:.2f}x ({moe['best_backend']})"))
+        elif name == "train":
+            train = json.loads(lines[-1])
+            summary["train_loop_vs_grouped"] = train["loop_vs_grouped"]
+            rows.append(("training step, per-expert loop vs grouped_mm", f"{train['loop_vs_grouped']:.2f}x "
+                         f"({train['auto_ms']:.0f} ms per step)"))
         elif name == "convert":
             summary["peak_rss_over_shard"] = float(key_values(lines[-1:])["peak_rss_over_shard"])
             rows.append(("conversion peak RSS / largest shard", f"{summary['peak_rss_over_shard']:.2f}"))

@@ -81,3 +81,11 @@ def test_check_cache_exactness_finds_the_cache_exact_on_cpu():
     rows = [line for line in lines if line.startswith(("fp32", "bf16"))]
     assert len(rows) == 2 and all("100.0% of tokens" in row and "argmax equal 100.0%" in row for row in rows)
     assert sum("cached with noise" in line for line in lines) == 2
+
+
+def test_bench_train_step_quick_runs():
+    result = subprocess.run([sys.executable, "benchmarks/bench_train_step.py", "--quick", "--threads", "1",
+                             "--repeats", "1"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["auto_ms"] > 0 and summary["loop_ms"] > 0 and summary["loop_vs_grouped"] > 0

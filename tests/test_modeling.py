@@ -447,11 +447,40 @@ def test_auto_backend_falls_back_to_loop(monkeypatch):
     assert counter.calls == 0
     misaligned.set_experts_backend("loop")
     torch.testing.assert_close(auto, logits_of(misaligned, ids))
-    # Under autograd (no CPU backward for grouped_mm) auto uses the loop too.
+    # Under autograd auto takes grouped_mm where torch differentiates it (torch 2.13 does on CPU), else the loop.
+    from transformers_llada_uni import modeling_llada2_moe as moe
+
+    assert moe._grouped_mm_has_backward("cpu", torch.float32)  # probed (and cached) before counting
     aligned = make_model(seed=3)
+    counter.calls = 0
+    aligned(ids).logits.sum().backward()
+    assert counter.calls > 0
+    grouped_grad = aligned.model.layers[1].mlp.experts.gate_up_proj.grad.clone()
+    monkeypatch.setitem(moe._GROUPED_MM_BACKWARD, ("cpu", torch.float32), False)
+    aligned.zero_grad(set_to_none=True)
+    counter.calls = 0
     aligned(ids).logits.sum().backward()
     assert counter.calls == 0
-    assert aligned.model.layers[1].mlp.experts.gate_up_proj.grad is not None
+    torch.testing.assert_close(aligned.model.layers[1].mlp.experts.gate_up_proj.grad, grouped_grad,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_mm_backward_probe_says_no_when_torch_cannot(monkeypatch):
+    from transformers_llada_uni import modeling_llada2_moe as moe
+
+    original = F.grouped_mm
+
+    def forward_only(rows, *args, **kwargs):
+        if rows.requires_grad:
+            raise RuntimeError("grouped_mm: no backward here")
+        return original(rows, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "grouped_mm", forward_only)
+    monkeypatch.setattr(moe, "_GROUPED_MM_BACKWARD", {})
+    assert not moe._grouped_mm_has_backward("cpu", torch.float32)
+    model = make_model(seed=3)
+    model(random_ids(1, 20, seed=7)).logits.sum().backward()  # the loop ran: no error
+    assert model.model.layers[1].mlp.experts.down_proj.grad is not None
 
 
 def test_experts_without_tokens_and_single_token():

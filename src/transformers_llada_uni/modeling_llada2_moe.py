@@ -202,14 +202,43 @@ class LLaDA2MoeGate(nn.Module):
         return topk_idx, weights, logits
 
 
+_GROUPED_MM_BACKWARD: dict = {}
+
+
+def _grouped_matmul(rows: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """`rows @ weight[e].T` per expert group. Under autograd the incoming gradient is made contiguous first: the
+    grouped GEMM backward rejects broadcast gradients (strides 0), such as those of a plain `.sum()`."""
+    out = F.grouped_mm(rows, weight.transpose(1, 2), offs=offsets)
+    if out.requires_grad:
+        out.register_hook(torch.Tensor.contiguous)
+    return out
+
+
+def _grouped_mm_has_backward(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether this torch build differentiates `F.grouped_mm` on this device and dtype (probed once on a 2-expert toy)."""
+    key = (device_type, dtype)
+    if key not in _GROUPED_MM_BACKWARD:
+        try:
+            with torch.enable_grad():
+                rows = torch.ones(16, 16, device=device_type, dtype=dtype, requires_grad=True)
+                weight = torch.ones(2, 16, 16, device=device_type, dtype=dtype, requires_grad=True)
+                offsets = torch.tensor([8, 16], device=device_type, dtype=torch.int32)
+                _grouped_matmul(rows, weight, offsets).sum().backward()
+            _GROUPED_MM_BACKWARD[key] = rows.grad is not None and weight.grad is not None
+        except (RuntimeError, NotImplementedError, TypeError):
+            _GROUPED_MM_BACKWARD[key] = False
+    return _GROUPED_MM_BACKWARD[key]
+
+
 def _grouped_mm_fits(rows: torch.Tensor, *weights: torch.Tensor) -> bool:
-    # torch's grouped GEMM wants 16-byte aligned strides; under autograd the per-expert loop is the well-trodden path.
+    # torch's grouped GEMM wants 16-byte aligned strides, and under autograd a backward for this device and dtype.
     if not hasattr(F, "grouped_mm") or rows.device.type not in ("cpu", "cuda"):
         return False
-    if torch.is_grad_enabled() and (rows.requires_grad or any(w.requires_grad for w in weights)):
-        return False
     size = rows.element_size()
-    return all((w.shape[-1] * size) % 16 == 0 and (w.shape[-2] * size) % 16 == 0 for w in weights)
+    if not all((w.shape[-1] * size) % 16 == 0 and (w.shape[-2] * size) % 16 == 0 for w in weights):
+        return False
+    needs_grad = torch.is_grad_enabled() and (rows.requires_grad or any(w.requires_grad for w in weights))
+    return not needs_grad or _grouped_mm_has_backward(rows.device.type, rows.dtype)
 
 
 class LLaDA2MoeExperts(nn.Module):
@@ -260,14 +289,17 @@ class LLaDA2MoeExperts(nn.Module):
         )
         if use_grouped:
             offsets = counts.cumsum(0).to(torch.int32)
-            gate, up = F.grouped_mm(rows, gate_up_proj.transpose(1, 2), offs=offsets).chunk(2, dim=-1)
-            return F.grouped_mm(F.silu(gate) * up, down_proj.transpose(1, 2), offs=offsets)
+            gate, up = _grouped_matmul(rows, gate_up_proj, offsets).chunk(2, dim=-1)
+            return _grouped_matmul(F.silu(gate) * up, down_proj, offsets)
         outputs, start = [], 0
+        # unbind once: indexing expert by expert would give each one a backward that writes a zero tensor the size of
+        # all experts (quadratic in the number of experts hit)
+        gate_up_each, down_each = gate_up_proj.unbind(0), down_proj.unbind(0)
         for expert, count in enumerate(counts.tolist()):  # one host sync per layer, experts without tokens skipped
             if count == 0:
                 continue
-            gate, up = F.linear(rows[start : start + count], gate_up_proj[expert]).chunk(2, dim=-1)
-            outputs.append(F.linear(F.silu(gate) * up, down_proj[expert]))
+            gate, up = F.linear(rows[start : start + count], gate_up_each[expert]).chunk(2, dim=-1)
+            outputs.append(F.linear(F.silu(gate) * up, down_each[expert]))
             start += count
         return torch.cat(outputs) if outputs else rows.new_zeros(0, rows.shape[-1])
 
