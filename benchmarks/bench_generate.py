@@ -146,6 +146,14 @@ def peak_memory_mib(run, torch):
         return None
 
 
+def agreement(ids, reference, torch) -> float:
+    """Share of `reference`'s generated tokens that `ids` repeats at the same positions (1.0 when identical)."""
+    if ids.shape == reference.shape and torch.equal(ids, reference):
+        return 1.0
+    width = min(ids.shape[1], reference.shape[1])
+    return (ids[:, :width] == reference[:, :width]).float().sum().item() / max(reference.shape[1], 1)
+
+
 def cuda_peak_memory_mib(run, torch):
     """Peak of the CUDA caching allocator's allocated memory (MiB) during `run()`, over what was allocated before."""
     torch.cuda.synchronize()
@@ -369,11 +377,7 @@ def main(argv=None):
     reference = outputs["baseline" if "baseline" in outputs else (exact or args.methods)[0]]
     identical = stable and all(torch.equal(outputs[name], reference) for name in exact)
     for name in args.methods:
-        ids = outputs[name]
-        same = ids.shape == reference.shape and torch.equal(ids, reference)
-        width = min(ids.shape[1], reference.shape[1])
-        share = (ids[:, :width] == reference[:, :width]).float().sum().item() / max(reference.shape[1], 1)
-        results[name]["agreement"] = 1.0 if same else share
+        results[name]["agreement"] = agreement(outputs[name], reference, torch)
     for name in args.methods if not args.no_memory else ():
         measure = cuda_peak_memory_mib if cuda else peak_memory_mib
         results[name]["memory"] = measure(lambda: runners[name](common), torch)

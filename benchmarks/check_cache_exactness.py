@@ -32,7 +32,7 @@ for _path in (REPO_ROOT, os.path.join(REPO_ROOT, "src")):
 import torch  # noqa: E402
 
 from benchmarks.baseline_full_prefix import full_prefix_generate  # noqa: E402
-from benchmarks.bench_generate import MODEL_PRESETS, build_model  # noqa: E402
+from benchmarks.bench_generate import MODEL_PRESETS, agreement, build_model  # noqa: E402
 from benchmarks.bench_generate import parse_args as generate_args  # noqa: E402
 
 
@@ -62,6 +62,7 @@ def parse_args(argv=None):
 @torch.no_grad()
 def check(args, dtype: str, attn: str) -> dict:
     from transformers_llada_uni import BlockDiffusionCache
+    from transformers_llada_uni.generation_llada2_uni import _block_causal_mask
 
     options = ["--preset", args.preset, "--dtype", dtype, "--attn", attn, "--device", args.device,
                "--prompt-length", str(args.prompt_length), "--gen-length", str(args.gen_length)]
@@ -79,11 +80,7 @@ def check(args, dtype: str, attn: str) -> dict:
     def decode_and_compare(use_cache):
         out = model.generate(prompt, **decode, temperature=0.0, use_block_cache=use_cache, return_dict_in_generate=True,
                              mask_token_id=config.mask_token_id, eos_token_id=config.eos_token_id)
-        ids = out.sequences[:, P:]
-        same = ids.shape == baseline.shape and bool(torch.equal(ids, baseline))
-        width = min(ids.shape[1], baseline.shape[1])
-        share = (ids[:, :width] == baseline[:, :width]).float().sum().item() / baseline.shape[1]
-        return out.num_forward_passes, 1.0 if same else share
+        return out.num_forward_passes, agreement(out.sequences[:, P:], baseline, torch)
 
     for name, use_cache in (("cached", True), ("uncached", False)):
         row[f"{name}_forwards"], row[f"{name}_agreement"] = decode_and_compare(use_cache)
@@ -105,8 +102,7 @@ def check(args, dtype: str, attn: str) -> dict:
     first, second = P, P + L
     canvas[:, second : second + L] = config.mask_token_id
     total = second + L
-    block = torch.arange(total, device=device) // L
-    allowed = (block[:, None] >= block[None, :])[None, None]
+    allowed = _block_causal_mask(torch.ones(1, total, dtype=torch.bool, device=device), L)  # generate()'s own mask
     positions = torch.arange(total, device=device)[None]
     full = model(input_ids=canvas[:, :total], attention_mask=allowed, position_ids=positions).logits[:, -L:].float()
     cache = BlockDiffusionCache(total)
