@@ -323,6 +323,31 @@ def test_positions_matter(model):
     assert (reversed_positions - base).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("use_qk_norm", [True, False])
+def test_project_queries_are_what_forward_attends_with(monkeypatch, use_qk_norm):
+    # SPRINT's probe scores attention with `project_queries`; it is only right if forward uses the same queries.
+    from transformers_llada_uni import modeling_llada2_moe
+
+    model = make_model(use_qk_norm=use_qk_norm)
+    model.set_attn_implementation("eager")
+    seen = []
+
+    def recording(module, query, *args, **kwargs):
+        seen.append(query)
+        return eager(module, query, *args, **kwargs)
+
+    eager = modeling_llada2_moe.eager_attention_forward
+    monkeypatch.setattr(modeling_llada2_moe, "eager_attention_forward", recording)
+    attention = model.model.layers[1].attention
+    hidden = torch.randn(2, 12, model.config.hidden_size, generator=torch.Generator().manual_seed(6))
+    positions = model.model.rotary_emb(hidden, torch.arange(12)[None].expand(2, -1) + 3)
+    with torch.no_grad():
+        attention(hidden, positions)
+        queries = attention.project_queries(hidden, positions)
+    assert queries.shape == (2, model.config.num_attention_heads, 12, model.config.head_dim)
+    assert torch.equal(queries, seen[0])
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # MoE
 # --------------------------------------------------------------------------------------------------------------------

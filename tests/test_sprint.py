@@ -1,6 +1,8 @@
 """SPRINT (`sprint_llada2_uni.py`): where it coincides with the exact loop, that pruning really drops keys and keeps
 RoPE positions, adaptive unmasking counts, per-modality budgets, the editing-CFG fallback, and argument checks."""
 
+import ast
+import inspect
 import logging
 import math
 
@@ -384,3 +386,13 @@ def test_simple_cfg_with_sprint(uni):
     pruned = uni.generate_image_tokens(cond, **common, sprint={"keep_ratio": 0.5, "image_keep_ratio": 0.25})
     codes = pruned["token_ids"]
     assert codes.shape == (1, 24) and ((codes >= 0) & (codes < CODEBOOK)).all()
+
+
+def test_sprint_imports_nothing_from_modeling():
+    # modeling imports generation, which imports this module: an import of modeling here would close a cycle.
+    from transformers_llada_uni import sprint_llada2_uni
+
+    tree = ast.parse(inspect.getsource(sprint_llada2_uni))
+    imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert not [name for name in imported if "modeling" in name]

@@ -77,15 +77,12 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def apply_partial_rotary(q, k, cos, sin):
-    """`q`, `k`: [B, heads, L, head_dim]; `cos`, `sin`: [B, L, rotary_dim]."""
+def rotate_partial(states, cos, sin):
+    """`states`: [B, heads, L, head_dim]; `cos`, `sin`: [B, L, rotary_dim]."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     rot = cos.shape[-1]
-    q_rot, q_pass = q[..., :rot], q[..., rot:]
-    k_rot, k_pass = k[..., :rot], k[..., rot:]
-    q_rot = q_rot * cos + rotate_half(q_rot) * sin
-    k_rot = k_rot * cos + rotate_half(k_rot) * sin
-    return torch.cat((q_rot, q_pass), dim=-1), torch.cat((k_rot, k_pass), dim=-1)
+    rotated, passed = states[..., :rot], states[..., rot:]
+    return torch.cat((rotated * cos + rotate_half(rotated) * sin, passed), dim=-1)
 
 
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -129,15 +126,31 @@ class LLaDA2MoeAttention(nn.Module):
             self.query_layernorm = LLaDA2MoeRMSNorm(self.head_dim, eps=config.rms_norm_eps)
             self.key_layernorm = LLaDA2MoeRMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
-    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
+    def project_queries(self, hidden_states, position_embeddings):
+        """The rotated query states [B, heads, L, head_dim] that `forward` attends with, for `hidden_states` [B, L,
+        hidden] and their `position_embeddings` (cos, sin); lets callers such as SPRINT's attention probe score a
+        block's attention without knowing how the projection is laid out."""
+        return self._rotate_queries(self._split_qkv(hidden_states)[0], position_embeddings)
+
+    def _split_qkv(self, hidden_states):
         batch, length, _ = hidden_states.shape
         qkv = self.query_key_value(hidden_states).view(batch, length, -1, self.head_dim)
         # The fused projection holds contiguous q | k | v head blocks (not interleaved per KV group).
-        query, key, value = qkv.split([self.num_heads, self.num_key_value_heads, self.num_key_value_heads], dim=2)
+        return qkv.split([self.num_heads, self.num_key_value_heads, self.num_key_value_heads], dim=2)
+
+    def _rotate_queries(self, query, position_embeddings):
         if self.config.use_qk_norm:
-            query, key = self.query_layernorm(query), self.key_layernorm(key)
-        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
-        query, key = apply_partial_rotary(query, key, *position_embeddings)
+            query = self.query_layernorm(query)
+        return rotate_partial(query.transpose(1, 2), *position_embeddings)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
+        batch, length, _ = hidden_states.shape
+        # One fused projection serves all three; `project_queries` would compute it again.
+        query, key, value = self._split_qkv(hidden_states)
+        query = self._rotate_queries(query, position_embeddings)
+        if self.config.use_qk_norm:
+            key = self.key_layernorm(key)
+        key, value = rotate_partial(key.transpose(1, 2), *position_embeddings), value.transpose(1, 2)
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)
 

@@ -194,12 +194,14 @@ class AttentionProbe:
     of the backbone, while active (`with probe.recording(prefix_length, block_length): model(...)`).
 
     The forward itself is untouched (any attention backend): a hook on each attention module recomputes the block's
-    queries from the module's input and reads the keys the layer has just written to the cache."""
+    queries from the module's input (through the module's own `project_queries`) and reads the keys the layer has just
+    written to the cache."""
 
     def __init__(self, model):
-        self.modules = [m for m in model.modules() if hasattr(m, "query_key_value") and hasattr(m, "layer_idx")]
+        self.modules = [m for m in model.modules() if callable(getattr(m, "project_queries", None))
+                        and hasattr(m, "layer_idx")]
         if not self.modules:
-            raise ValueError("SPRINT pruning found no LLaDA2 attention module (`query_key_value`) in the model.")
+            raise ValueError("SPRINT pruning found no LLaDA2 attention module (`project_queries`) in the model.")
         self.totals = None
         self.count = 0
 
@@ -223,8 +225,6 @@ class AttentionProbe:
         return _Recording()
 
     def _hook(self, prefix_length, block_length):
-        from .modeling_llada2_moe import apply_partial_rotary
-
         def hook(module, args, kwargs, output):
             hidden = args[0] if args else kwargs["hidden_states"]
             cache = kwargs.get("past_key_values")
@@ -233,12 +233,8 @@ class AttentionProbe:
             batch, length, _ = hidden.shape
             hidden = hidden[:, length - block_length :]
             heads, kv_heads, dim = module.num_heads, module.num_key_value_heads, module.head_dim
-            query = module.query_key_value(hidden).view(batch, block_length, -1, dim)[:, :, :heads]
-            if module.config.use_qk_norm:
-                query = module.query_layernorm(query)
-            cos, sin = (t[:, length - block_length :] for t in kwargs["position_embeddings"])
-            query = query.transpose(1, 2)
-            query, _ = apply_partial_rotary(query, query, cos, sin)
+            position_embeddings = tuple(t[:, length - block_length :] for t in kwargs["position_embeddings"])
+            query = module.project_queries(hidden, position_embeddings)
             keys = cache.keys[module.layer_idx][:, :, : cache.get_seq_length() + length]
             groups = heads // kv_heads
             query = query.reshape(batch, kv_heads, groups * block_length, dim).float()
