@@ -1,8 +1,9 @@
 """The original LLaDA2.0 block-diffusion `generate()` as a no-cache baseline (batch 1, greedy).
 
 This is the algorithm of the LLaDA2.0 Hub remote code (`LLaDA2MoeModelLM.generate`), written again from its
-specification (`shared/parity/README.md` §5, `shared/reference/original-system.md` §6.1), with the greedy fix at
-temperature 0. It is what the cached `generate()` of this project is measured and checked against:
+specification, with the greedy fix at temperature 0 (`tests/data/parity/expected/llm_generate.json` records that
+code's outputs; `tests/test_benchmarks.py` checks this file against them). It is what the cached `generate()` of
+this project is measured and checked against:
 
 * the canvas is the prompt followed by masks, rounded up to whole blocks; positions are `arange(T)`;
 * every denoising step runs ONE forward over the whole prefix `x[:, :block_end]` under an additive 0/-inf

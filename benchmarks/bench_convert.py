@@ -41,7 +41,8 @@ for _path in (REPO_ROOT, REPO_ROOT / "src"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-PARITY_CHECKPOINT = REPO_ROOT.parent / "shared" / "parity" / "public" / "checkpoint"
+# The tiny original-layout checkpoint committed with the tests: its tokenizer, image tokenizer and VAE are copied in.
+PARITY_CHECKPOINT = REPO_ROOT / "tests" / "data" / "parity" / "checkpoint"
 CONVERTER = REPO_ROOT / "conversion" / "convert_llada2_uni_to_hf.py"
 ROOT_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 

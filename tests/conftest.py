@@ -15,7 +15,17 @@ torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SRC_DIR = REPO_ROOT / "src"
-PARITY_DIR = REPO_ROOT.parent / "shared" / "parity" / "public"
+# Recorded from the original release code; committed with the tests (see tests/data/parity/README.md).
+PARITY_DIR = REPO_ROOT / "tests" / "data" / "parity"
+
+
+def require_parity_dir() -> Path:
+    """PARITY_DIR, or a test failure: the fixtures are part of the repository, so their absence is a broken checkout
+    that must show up red, not as quietly skipped parity tests."""
+    if not (PARITY_DIR / "manifest.json").is_file():
+        pytest.fail(f"parity fixtures missing at {PARITY_DIR} (they are committed with the tests: check the checkout)",
+                    pytrace=False)
+    return PARITY_DIR
 
 
 def tiny_config_kwargs(**overrides):
@@ -54,17 +64,14 @@ def offline_env() -> dict:
 
 @pytest.fixture(scope="session")
 def parity_checkpoint():
-    """The tiny model in the original release layout (../shared/parity/public/checkpoint)."""
-    if not PARITY_DIR.is_dir():
-        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
-    return PARITY_DIR / "checkpoint"
+    """The tiny model in the original release layout (tests/data/parity/checkpoint)."""
+    return require_parity_dir() / "checkpoint"
 
 
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory):
     """The public parity checkpoint converted with the command-line script, as a user would (once per session)."""
-    if not PARITY_DIR.is_dir():
-        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
+    require_parity_dir()
     output = tmp_path_factory.mktemp("parity") / "llada2-uni-converted"
     result = subprocess.run(
         [sys.executable, "conversion/convert_llada2_uni_to_hf.py", "--original", str(PARITY_DIR / "checkpoint"),
@@ -86,9 +93,7 @@ def randomize_expert_bias(model, std=0.1):
 
 @pytest.fixture
 def parity_dir():
-    if not PARITY_DIR.is_dir():
-        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
-    return PARITY_DIR
+    return require_parity_dir()
 
 
 # Prepended to every script run by `run_without_plugin`: drop every route to this repo's `src/` so that only the

@@ -11,12 +11,11 @@ import re
 import subprocess
 import sys
 
-import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import PARITY_DIR, REPO_ROOT, offline_env
+from conftest import REPO_ROOT, offline_env, require_parity_dir
 from conversion.checkpoint_io import SourceCheckpoint
 
 
@@ -48,8 +47,7 @@ def test_source_checkpoint_reads_what_safetensors_reads(tmp_path):
 
 
 def test_bench_convert_quick_runs(tmp_path):
-    if not PARITY_DIR.is_dir():
-        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
+    require_parity_dir()
     env = offline_env()
     env["OMP_NUM_THREADS"] = "1"
     result = subprocess.run([sys.executable, "benchmarks/bench_convert.py", "--quick", "--workdir", str(tmp_path)],

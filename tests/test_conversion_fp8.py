@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import PARITY_DIR
+from conftest import PARITY_DIR, require_parity_dir
 
 from conversion.checkpoint_io import ConversionError
 from conversion.convert_llada2_uni_to_hf import convert
@@ -41,8 +41,7 @@ def _quantize(weight, block):
 
 def _snapshot(tmp_path, name, block=(8, 8), extra=None):
     """An FP8 copy (`name`) and its dequantized float32 twin (`name`-ref) of the parity checkpoint."""
-    if not PARITY_DIR.is_dir():
-        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
+    require_parity_dir()
     source = PARITY_DIR / "checkpoint"
     fp8_dir, ref_dir = tmp_path / name, tmp_path / f"{name}-ref"
     for folder in (fp8_dir, ref_dir):
@@ -159,8 +158,7 @@ def test_per_tensor_scales(tmp_path):
 
 
 def test_activation_scales_are_dropped(tmp_path):
-    if not PARITY_DIR.is_dir():
-        pytest.skip(f"parity fixtures not found at {PARITY_DIR}")
+    require_parity_dir()
     index = json.loads((PARITY_DIR / "checkpoint" / "model.safetensors.index.json").read_text())
     file_name = next(f for k, f in index["weight_map"].items() if EXPERT.search(k))
     key = next(k for k, f in index["weight_map"].items() if f == file_name and EXPERT.search(k))
