@@ -6,7 +6,7 @@ A LLaDA2.0-Uni root (it has `image_tokenizer/`) becomes one `LLaDA2UniForConditi
 tokenizer + image processor); a text-only LLaDA2 folder (or `--components llm`) becomes a `LLaDA2MoeForCausalLM`
 folder. Either loads with `AutoModel.from_pretrained(out, trust_remote_code=True)` without this package, or with the
 package's classes. The pixel side of a Uni root (SigVQ embedding, decoders, VAE) becomes diffusers subfolders beside
-it (`semantic_embedder/`, `decoder/`, `decoder_turbo/`, `vae/`, `scheduler*/`) listed in `model_index.json`.
+it (named in `diffusers_llada_uni/hub_layout.py`) listed in `model_index.json`.
 Everything is written to a temporary folder next to the output, checked, and only then moved into place: a failed
 run leaves nothing behind. See docs/conversion.md.
 """
@@ -31,8 +31,9 @@ from conversion.decoder_checkpoint import (  # noqa: E402
     write_pixel,
 )
 from conversion.llm_checkpoint import convert_llm, verify_llm  # noqa: E402
+from conversion.original_layout import IMAGE_TOKENIZER_DIR, ORIGINAL_PIXEL_PATHS  # noqa: E402
 from conversion.staging import check_paths, staged_output  # noqa: E402
-from conversion.uni_checkpoint import IMAGE_TOKENIZER_DIR, convert_uni, verify_uni  # noqa: E402
+from conversion.uni_checkpoint import convert_uni, verify_uni  # noqa: E402
 
 DTYPES = {"keep": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
           "float32": torch.float32}
@@ -41,7 +42,7 @@ DTYPES = {"keep": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp3
 # adding the image tokenizer turns the output into the composite LLaDA2UniForConditionalGeneration; the others are
 # the pixel side, written as diffusers subfolders.
 COMPONENTS = {"llm": "config.json", "image_tokenizer": IMAGE_TOKENIZER_DIR,
-              **{name: path for name, (path, _) in PIXEL_COMPONENTS.items()}}
+              **{name: ORIGINAL_PIXEL_PATHS[component] for name, component in PIXEL_COMPONENTS.items()}}
 
 
 def _resolve_components(original: Path, components):

@@ -1,10 +1,13 @@
 """The pixel side of a LLaDA2.0-Uni snapshot -> diffusers subfolders beside the converted root.
 
-    image_tokenizer/sigvq_embedding.pt -> semantic_embedder/  LLaDA2UniSemanticEmbedder, same tensor names
-    decoder/, decoder-turbo/           -> decoder/, decoder_turbo/  diffusers ZImageTransformer2DModel:
+    image_tokenizer/sigvq_embedding.pt -> semantic_embedder  LLaDA2UniSemanticEmbedder, same tensor names
+    decoder/, decoder-turbo/           -> transformer, transformer_turbo  diffusers ZImageTransformer2DModel:
                                           semantic_embedder.* -> cap_embedder.*, every other key verbatim
-    vae/                               -> vae/  diffusers AutoencoderKL, keys verbatim
-    (and scheduler/ + scheduler_turbo/ for the decoders written, and model_index.json; see hub_layout.py)
+    vae/                               -> vae  diffusers AutoencoderKL, keys verbatim
+    (and the schedulers of the decoders written, and model_index.json)
+
+Sources are `original_layout.ORIGINAL_PIXEL_PATHS`; each pipeline component is written to its subfolder in
+`diffusers_llada_uni.hub_layout.SUBFOLDERS`.
 
 Every part is planned first (config read, source keys and shapes checked against the class built on the meta
 device) so that a bad part stops the run before anything big is written; then each is written as
@@ -30,14 +33,15 @@ from conversion.checkpoint_io import (
 )
 from conversion.llm_checkpoint import _read_json
 from conversion.llm_weights import build_tensor, dominant_dtype, plan_tensors
-from conversion.uni_checkpoint import IMAGE_TOKENIZER_DIR
+from conversion.original_layout import IMAGE_TOKENIZER_DIR, ORIGINAL_PIXEL_PATHS
 
-# --components name -> (source path relative to the root, pipeline component in hub_layout).
+# --components name -> pipeline component. The names are the command line's, kept apart from the folder names so
+# that a new folder layout does not rename a command-line option.
 PIXEL_COMPONENTS = {
-    "semantic_embedder": (f"{IMAGE_TOKENIZER_DIR}/sigvq_embedding.pt", "semantic_embedder"),
-    "decoder": ("decoder", "transformer"),
-    "decoder_turbo": ("decoder-turbo", "transformer_turbo"),
-    "vae": ("vae", "vae"),
+    "semantic_embedder": "semantic_embedder",
+    "decoder": "transformer",
+    "decoder_turbo": "transformer_turbo",
+    "vae": "vae",
 }
 DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 # The release's decode.py opens model.safetensors, the Hub card lists decoder_model.safetensors, a diffusers export
@@ -93,8 +97,8 @@ def plan_pixel(src: Path, components, dtype, log, stack):
 def _plan_semantic_embedder(src: Path, dtype) -> PixelPart:
     from diffusers_llada_uni.semantic_embedder import LLaDA2UniSemanticEmbedder
 
-    path = src / PIXEL_COMPONENTS["semantic_embedder"][0]
-    label = PIXEL_COMPONENTS["semantic_embedder"][0]
+    label = ORIGINAL_PIXEL_PATHS["semantic_embedder"]
+    path = src / label
     if not path.is_file():
         raise ConversionError(f"{path} does not exist")
     try:
@@ -135,7 +139,8 @@ def _check_codebook(src: Path, embedder: PixelPart):
 def _plan_decoder(src: Path, name: str, dtype, log, stack) -> PixelPart:
     from diffusers import ZImageTransformer2DModel
 
-    folder_name, pipeline_name = PIXEL_COMPONENTS[name]
+    pipeline_name = PIXEL_COMPONENTS[name]
+    folder_name = ORIGINAL_PIXEL_PATHS[pipeline_name]
     folder = src / folder_name
     config = _read_config(folder, ZImageTransformer2DModel)
     if config.get("cap_feat_dim") is None:  # diffusers' default (2560, stock Z-Image) is never this model's
@@ -155,7 +160,7 @@ def _plan_decoder(src: Path, name: str, dtype, log, stack) -> PixelPart:
 def _plan_vae(src: Path, dtype, log, stack) -> PixelPart:
     from diffusers import AutoencoderKL
 
-    folder = src / PIXEL_COMPONENTS["vae"][0]
+    folder = src / ORIGINAL_PIXEL_PATHS["vae"]
     config = _read_config(folder, AutoencoderKL)
     absent = [key for key in ("scaling_factor", "shift_factor") if config.get(key) is None]
     if absent:

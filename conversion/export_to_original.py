@@ -44,7 +44,7 @@ from conversion.original_layout import (  # noqa: E402
     IMAGE_TOKENIZER_DIR,
     IMAGE_TOKENIZER_WEIGHTS,
     OPTIONAL_KEY,
-    SIGVQ_FILE,
+    ORIGINAL_PIXEL_PATHS,
     TOKENIZER_FILES,
     UNI_ID_TOKENS,
     TensorReader,
@@ -61,13 +61,6 @@ from conversion.staging import check_paths, staged_output  # noqa: E402
 
 DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 ROOT_WEIGHTS_NAME = "model.safetensors"
-# Pixel parts: pipeline component -> (default subfolder of the converted folder, original path, class name).
-PIXEL_PARTS = {
-    "semantic_embedder": ("semantic_embedder", f"{IMAGE_TOKENIZER_DIR}/{SIGVQ_FILE}", "LLaDA2UniSemanticEmbedder"),
-    "transformer": ("decoder", "decoder", "ZImageTransformer2DModel"),
-    "transformer_turbo": ("decoder_turbo", "decoder-turbo", "ZImageTransformer2DModel"),
-    "vae": ("vae", "vae", "AutoencoderKL"),
-}
 # Our decoder prefix -> the original's (the inverse of decoder_checkpoint.DECODER_RENAMES).
 DECODER_RENAMES = {"cap_embedder.": "semantic_embedder."}
 NO_LIMIT = float("inf")
@@ -204,9 +197,11 @@ def _plan_image_tokenizer(hf_dir, config, source, image_keys, expected, requeste
 
 
 def _subfolders(hf_dir: Path) -> dict:
-    """Pipeline component -> converted subfolder (model_index.json's `_subfolders` when it names them)."""
-    subfolders = {name: folder for name, (folder, _, _) in PIXEL_PARTS.items()}
-    index = hf_dir / "model_index.json"
+    """Pixel-side pipeline component -> converted subfolder (model_index.json's `_subfolders` when it names them)."""
+    from diffusers_llada_uni.hub_layout import MODEL_INDEX, SUBFOLDERS
+
+    subfolders = {name: SUBFOLDERS[name] for name in ORIGINAL_PIXEL_PATHS}
+    index = hf_dir / MODEL_INDEX
     if index.is_file():
         named = _read_json(index).get("_subfolders") or {}
         subfolders.update({k: v for k, v in named.items() if k in subfolders and isinstance(v, str)})
@@ -219,6 +214,7 @@ def _plan_pixel(hf_dir: Path, requested, log, stack):
     from conversion.decoder_checkpoint import DECODER_RENAMES as FORWARD_RENAMES
     from conversion.decoder_checkpoint import meta_state_shapes
     from conversion.llm_weights import plan_tensors
+    from diffusers_llada_uni.hub_layout import LIBRARIES
     from diffusers_llada_uni.semantic_embedder import LLaDA2UniSemanticEmbedder
 
     classes = {"LLaDA2UniSemanticEmbedder": LLaDA2UniSemanticEmbedder,
@@ -228,7 +224,7 @@ def _plan_pixel(hf_dir: Path, requested, log, stack):
         folder = hf_dir / folder_name
         if not folder.is_dir() or folder == hf_dir:
             continue
-        _, original_path, class_name = PIXEL_PARTS[name]
+        original_path, class_name = ORIGINAL_PIXEL_PATHS[name], LIBRARIES[name][1]
         model_class = classes[class_name]
         config_file = folder / "config.json"
         config = _read_json(config_file)
@@ -248,7 +244,7 @@ def _plan_pixel(hf_dir: Path, requested, log, stack):
             if config.get("upsample_factor", 2) != 2:
                 log(f"warning: {config_file} says upsample_factor {config['upsample_factor']}; the original code "
                     "always upsamples by 2")
-            out_folder, weights_name, files = IMAGE_TOKENIZER_DIR, SIGVQ_FILE, {}
+            (out_folder, weights_name), files = original_path.rsplit("/", 1), {}
         else:
             out_folder, weights_name = original_path, ROOT_WEIGHTS_NAME if is_decoder else DIFFUSERS_WEIGHTS_NAME
             files = {"config.json": config}

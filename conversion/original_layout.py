@@ -8,9 +8,11 @@ Weights (the inverse of `llm_weights.py`, `uni_checkpoint.py` and `decoder_check
     every other LLM key                                -> itself
     visual.* / vqmodel.*                               -> image_tokenizer/model.safetensors: model.visual.* /
                                                           model.vqmodel.*
-    semantic_embedder/ (5 tensors)                     -> image_tokenizer/sigvq_embedding.pt (torch.save'd dict)
-    decoder/, decoder_turbo/: cap_embedder.*           -> decoder/, decoder-turbo/model.safetensors: semantic_embedder.*
-    vae/                                               -> vae/diffusion_pytorch_model.safetensors, keys verbatim
+    semantic_embedder (5 tensors)                      -> image_tokenizer/sigvq_embedding.pt (torch.save'd dict)
+    transformer, transformer_turbo: cap_embedder.*     -> decoder/, decoder-turbo/model.safetensors: semantic_embedder.*
+    vae                                                -> vae/diffusion_pytorch_model.safetensors, keys verbatim
+
+(the left column names pipeline components; their converted subfolders are `diffusers_llada_uni.hub_layout`'s).
 
 Configs: the root `config.json` gets the original `architectures` / `auto_map` / `model_type` back and loses the
 bookkeeping keys transformers 5 and our classes add (see `original_root_config`); `image_tokenizer/config.json` and
@@ -135,6 +137,14 @@ def original_root_config(text_config: dict, *, torch_dtype: torch.dtype, uni_ids
 IMAGE_TOKENIZER_DIR = "image_tokenizer"
 IMAGE_TOKENIZER_WEIGHTS = "model.safetensors"  # the parity checkpoint's name; the original loader globs *.safetensors
 SIGVQ_FILE = "sigvq_embedding.pt"
+# Pipeline component (a key of `diffusers_llada_uni.hub_layout.SUBFOLDERS`) -> where the release keeps it: conversion
+# reads each pixel part from here and export writes it back here.
+ORIGINAL_PIXEL_PATHS = {
+    "semantic_embedder": f"{IMAGE_TOKENIZER_DIR}/{SIGVQ_FILE}",
+    "transformer": "decoder",
+    "transformer_turbo": "decoder-turbo",
+    "vae": "vae",
+}
 # Our prefix -> the original's.
 IMAGE_PREFIXES = {"visual.": "model.visual.", "vqmodel.": "model.vqmodel."}
 # The keys of the original image_tokenizer/config.json (reference §3.1, the parity checkpoint).

@@ -29,8 +29,8 @@ from conversion.llm_checkpoint import (
 )
 from conversion.llm_fp8 import prepare_llm_fp8
 from conversion.llm_weights import dominant_dtype, expected_llm_tensors, plan_tensors
+from conversion.original_layout import IMAGE_TOKENIZER_DIR
 
-IMAGE_TOKENIZER_DIR = "image_tokenizer"
 # Original prefix -> our module prefix. Nothing else may appear in the image tokenizer's weights.
 IMAGE_PREFIXES = {"model.visual.": "visual.", "model.vqmodel.": "vqmodel."}
 # LLaDA2UniConfig field -> the token whose id it holds (looked up in the tokenizer unless config.json sets it).

@@ -21,8 +21,12 @@ from diffusers_llada_uni.hub_layout import SCHEDULER_SETTINGS, SUBFOLDERS
 from diffusers_llada_uni.scheduling_llada2_uni import LLaDA2UniFlowMatchEulerScheduler
 from diffusers_llada_uni.semantic_embedder import LLaDA2UniSemanticEmbedder
 
-PIXEL_FOLDERS = {"semantic_embedder", "decoder", "decoder_turbo", "vae", "scheduler", "scheduler_turbo"}
-DECODERS = {"decoder": "decoder", "decoder_turbo": "decoder-turbo"}  # output folder -> source folder
+# Output folders come from the layout table, so that renaming one there needs no change here; the source folders are
+# the release's and are spelled out.
+PIXEL_FOLDERS = set(SUBFOLDERS.values()) - {"."}
+MODEL_FOLDERS = [SUBFOLDERS[name] for name in ("semantic_embedder", "transformer", "transformer_turbo", "vae")]
+NORMAL, EMBEDDER, VAE = SUBFOLDERS["transformer"], SUBFOLDERS["semantic_embedder"], SUBFOLDERS["vae"]
+DECODERS = {NORMAL: "decoder", SUBFOLDERS["transformer_turbo"]: "decoder-turbo"}  # output folder -> source folder
 SIGVQ = "image_tokenizer/sigvq_embedding.pt"
 
 
@@ -64,7 +68,7 @@ def _sigvq(source):
 
 def test_layout_and_model_index(converted):
     assert PIXEL_FOLDERS <= {p.name for p in converted.iterdir() if p.is_dir()}
-    for name in ("semantic_embedder", "decoder", "decoder_turbo", "vae"):
+    for name in MODEL_FOLDERS:
         assert sorted(p.name for p in (converted / name).iterdir()) == ["config.json",
                                                                         "diffusion_pytorch_model.safetensors"]
     assert not list(converted.glob(".*")) and not (converted / "decoder-turbo").exists()
@@ -86,18 +90,17 @@ def test_decoder_loads_bit_exact(source, converted, folder):
 
 
 def test_vae_embedder_and_schedulers_reload(source, converted):
-    vae = AutoencoderKL.from_pretrained(converted, subfolder="vae")
+    vae = AutoencoderKL.from_pretrained(converted, subfolder=VAE)
     _assert_equal(vae.state_dict(), load_file(str(source / "vae" / "diffusion_pytorch_model.safetensors")))
     assert vae.config.scaling_factor == 0.3611 and vae.config.shift_factor == 0.1159
     sigvq = _sigvq(source)
-    embedder, info = LLaDA2UniSemanticEmbedder.from_pretrained(converted, subfolder="semantic_embedder",
-                                                               output_loading_info=True)
+    embedder, info = LLaDA2UniSemanticEmbedder.from_pretrained(converted, subfolder=EMBEDDER, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     _assert_equal(embedder.state_dict(), sigvq)
     vocab, width = sigvq["prior_token_embedding.weight"].shape
     assert (embedder.config.vocab_size, embedder.config.embedding_dim, embedder.config.upsample_factor) == (vocab,
                                                                                                             width, 2)
-    for decoder, folder in (("normal", "scheduler"), ("turbo", "scheduler_turbo")):
+    for decoder, folder in (("normal", SUBFOLDERS["scheduler"]), ("turbo", SUBFOLDERS["scheduler_turbo"])):
         scheduler = LLaDA2UniFlowMatchEulerScheduler.from_pretrained(converted, subfolder=folder)
         assert {k: scheduler.config[k] for k in SCHEDULER_SETTINGS[decoder]} == SCHEDULER_SETTINGS[decoder]
 
@@ -124,9 +127,9 @@ def test_source_names_shards_and_forced_axes_lens(source, converted, tmp_path, c
 
     out = convert(folder, tmp_path / "out", components="llm,decoder,decoder_turbo", max_shard_size="300KB")
     log = capsys.readouterr().out
-    assert "decoder/diffusion_pytorch_model.safetensors -> decoder/" in log
+    assert f"decoder/diffusion_pytorch_model.safetensors -> {NORMAL}/" in log
     assert "note: decoder/config.json says axes_lens [1024, 512, 512]; it is set to [32768, 1024, 1024]" in log
-    assert json.loads((out / "decoder" / "config.json").read_text()) == config
+    assert json.loads((out / NORMAL / "config.json").read_text()) == config
     for name in DECODERS:
         files = sorted(p.name for p in (out / name).glob("*.safetensors"))
         assert len(files) > 2 and all(re.fullmatch(rf"diffusion_pytorch_model-\d{{5}}-of-{len(files):05d}"
@@ -135,8 +138,8 @@ def test_source_names_shards_and_forced_axes_lens(source, converted, tmp_path, c
         assert sorted(set(index["weight_map"].values())) == files
         model = ZImageTransformer2DModel.from_pretrained(out, subfolder=name)
         _assert_equal(model.state_dict(), _folder_tensors(converted / name))
-    assert {p.name for p in out.iterdir() if p.is_dir()} == {"decoder", "decoder_turbo", "scheduler",
-                                                              "scheduler_turbo"}
+    assert {p.name for p in out.iterdir() if p.is_dir()} == {*DECODERS, SUBFOLDERS["scheduler"],
+                                                              SUBFOLDERS["scheduler_turbo"]}
     index = json.loads((out / "model_index.json").read_text())
     present = {name for name in SUBFOLDERS if index[name][0] is not None}
     assert present == {"transformer", "transformer_turbo", "scheduler", "scheduler_turbo"}
@@ -147,22 +150,21 @@ def test_hub_card_weights_name(source, converted, tmp_path):
     folder = _copy(source, tmp_path / "orig")
     (folder / "decoder" / "model.safetensors").rename(folder / "decoder" / "decoder_model.safetensors")
     out = convert(folder, tmp_path / "out", components="llm,decoder", quiet=True)
-    assert (out / "decoder" / "diffusion_pytorch_model.safetensors").read_bytes() == \
-        (converted / "decoder" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert (out / NORMAL / "diffusion_pytorch_model.safetensors").read_bytes() == \
+        (converted / NORMAL / "diffusion_pytorch_model.safetensors").read_bytes()
 
 
 def test_bf16_applies_to_the_pixel_parts_and_verify(source, tmp_path, capsys):
     out = convert(source, tmp_path / "out", dtype="bf16", verify=True)
     log = capsys.readouterr().out
-    for name in ("semantic_embedder", "decoder", "decoder_turbo", "vae"):
+    for name in MODEL_FOLDERS:
         assert f"verified: {name}/ loads cleanly" in log
-    originals = {"semantic_embedder": _sigvq(source), "vae": load_file(str(source / "vae" /
-                                                                           "diffusion_pytorch_model.safetensors"))}
+    originals = {EMBEDDER: _sigvq(source), VAE: load_file(str(source / "vae" / "diffusion_pytorch_model.safetensors"))}
     originals.update({name: _renamed(load_file(str(source / src / "model.safetensors")))
                       for name, src in DECODERS.items()})
     for name, original in originals.items():
         _assert_equal(_folder_tensors(out / name), {k: v.to(torch.bfloat16) for k, v in original.items()})
-    model = ZImageTransformer2DModel.from_pretrained(out, subfolder="decoder", torch_dtype=torch.bfloat16)
+    model = ZImageTransformer2DModel.from_pretrained(out, subfolder=NORMAL, torch_dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from diffusers_llada_uni import LLaDA2UniDecoderPipeline, LLaDA2UniFlowMatchEulerScheduler
+from diffusers_llada_uni.hub_layout import DECODERS, SUBFOLDERS
 
 
 @pytest.fixture(scope="module", params=["normal", "turbo"])
@@ -70,7 +71,7 @@ def test_callback_can_replace_latents(pipe):
 
 def test_save_and_reload(pipe, tmp_path):
     pipe.save_pretrained(tmp_path)
-    folder = "decoder_turbo" if pipe.decoder == "turbo" else "decoder"
+    folder = SUBFOLDERS[DECODERS[pipe.decoder][0]]
     assert (tmp_path / folder / "config.json").is_file() and (tmp_path / "model_index.json").is_file()
     again = LLaDA2UniDecoderPipeline.from_pretrained(tmp_path, decoder=pipe.decoder)
     again.set_progress_bar_config(disable=True)

@@ -23,6 +23,7 @@ from conversion.checkpoint_io import ConversionError
 from conversion.convert_llada2_uni_to_hf import convert
 from conversion.export_to_original import export
 from conversion.original_layout import TensorReader, plan_llm_export
+from diffusers_llada_uni.hub_layout import SUBFOLDERS
 
 # Keys the exported root config.json has beyond the original's, on purpose: ids and settings our config class holds
 # as fields (the mini releases' routing keys, the special ids the converter read from the tokenizer, the
@@ -121,8 +122,9 @@ def test_second_conversion_gives_the_same_folder(converted, exported, tmp_path):
         assert_same_tensors(load_file(str(again / name)), load_file(str(converted / name)), name)
     first, second = (json.loads((folder / "config.json").read_text()) for folder in (converted, again))
     assert first == second
-    for name in ("preprocessor_config.json", "generation_config.json", "model_index.json", "decoder/config.json",
-                 "semantic_embedder/config.json", "vae/config.json"):
+    subfolders = [SUBFOLDERS[name] for name in ("transformer", "semantic_embedder", "vae")]
+    for name in ("preprocessor_config.json", "generation_config.json", "model_index.json",
+                 *(f"{folder}/config.json" for folder in subfolders)):
         assert json.loads((again / name).read_text()) == json.loads((converted / name).read_text()), name
 
 

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from diffusers_llada_uni import LLaDA2UniDecoderPipeline, LLaDA2UniPipeline
+from diffusers_llada_uni.hub_layout import SUBFOLDERS
 from diffusers_llada_uni.loading import ComponentSource
 from transformers_llada_uni import LLaDA2UniProcessor
 
@@ -144,11 +145,11 @@ def test_save_and_reload_round_trip(pipe, picture, tmp_path):
     index = json.loads((tmp_path / "model_index.json").read_text())
     assert index["_class_name"] == "LLaDA2UniPipeline"
     assert index["transformer_turbo"] == ["diffusers", "ZImageTransformer2DModel"]
-    assert index["_subfolders"]["transformer_turbo"] == "decoder_turbo"
+    assert index["_subfolders"] == SUBFOLDERS
     # Every weight lives in exactly one file.
     weight_files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.safetensors"))
-    assert [f.split("/")[0] for f in weight_files] == ["decoder", "decoder_turbo", "model.safetensors",
-                                                       "semantic_embedder", "vae"]
+    models = ("semantic_embedder", "transformer", "transformer_turbo", "vae")
+    assert [f.split("/")[0] for f in weight_files] == sorted(["model.safetensors", *(SUBFOLDERS[n] for n in models)])
     reloaded = LLaDA2UniPipeline.from_pretrained(tmp_path)
     reloaded.set_progress_bar_config(disable=True)
     first, again, other = _three_tasks(pipe, picture), _three_tasks(pipe, picture), _three_tasks(reloaded, picture)
@@ -247,8 +248,8 @@ def test_missing_parts_are_named(tmp_path, converted):
         LLaDA2UniPipeline.from_pretrained(tmp_path)
     partial = tmp_path / "partial"
     partial.mkdir()
-    for name in ("decoder", "semantic_embedder", "vae"):
-        (partial / name).symlink_to(converted / name)
+    for name in ("transformer", "semantic_embedder", "vae"):
+        (partial / SUBFOLDERS[name]).symlink_to(converted / SUBFOLDERS[name])
     with pytest.raises(ValueError, match="turbo decoder"):
         LLaDA2UniDecoderPipeline.from_pretrained(partial, decoder="turbo")
     with pytest.raises(ValueError, match="decoder"):

@@ -2,6 +2,8 @@
 
 The root is the transformers model (and its processor); the pixel side sits beside it in subfolders that mirror the
 original release. Both pipelines load from, and save to, this one layout, so no weight is ever stored twice.
+Conversion writes, and export reads, the same subfolders through `SUBFOLDERS`: a folder is renamed here and nowhere
+else (where the original release keeps each part is `conversion/original_layout.py`'s `ORIGINAL_PIXEL_PATHS`).
 """
 
 import json

@@ -20,7 +20,7 @@ _MODEL_CLASSES = {
     "transformer_turbo": ZImageTransformer2DModel,
     "vae": AutoencoderKL,
 }
-_SCHEDULER_KIND = {"scheduler": "normal", "scheduler_turbo": "turbo"}
+_SCHEDULER_KIND = {scheduler: decoder for decoder, (_, scheduler) in DECODERS.items()}
 
 
 class ComponentSource:

@@ -65,7 +65,7 @@ class LLaDA2UniDecoderPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, decoder: str = "turbo", *, dtype=None, **kwargs):
         """Load from a converted LLaDA2.0-Uni folder: `decoder="normal"` (50-point CFG sampler) or `"turbo"`
-        (8 CFG-free steps) picks the transformer weights (`decoder/` or `decoder_turbo/`) and the sampler."""
+        (8 CFG-free steps) picks the transformer weights and the sampler (their subfolders: `hub_layout.py`)."""
         check_decoder(decoder)
         if kwargs:
             raise ValueError(f"unsupported arguments: {', '.join(sorted(kwargs))} (accepted: decoder, dtype).")
@@ -82,8 +82,8 @@ class LLaDA2UniDecoderPipeline(DiffusionPipeline):
         )
 
     def save_pretrained(self, save_directory, **kwargs):
-        """Write the converted-folder layout (the transformer goes to `decoder/` or `decoder_turbo/`), so that
-        `from_pretrained(save_directory, decoder=self.decoder)` reloads it."""
+        """Write the converted-folder layout (the transformer goes to the subfolder of this pipeline's decoder), so
+        that `from_pretrained(save_directory, decoder=self.decoder)` reloads it."""
         transformer_name, scheduler_name = DECODERS[self.decoder]
         components = {"semantic_embedder": self.semantic_embedder, transformer_name: self.transformer,
                       "vae": self.vae, scheduler_name: self.scheduler}
