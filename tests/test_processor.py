@@ -14,6 +14,7 @@ from conftest import run_without_plugin
 from transformers_llada_uni import LLaDA2UniImageProcessor, LLaDA2UniProcessor
 from transformers_llada_uni.modeling_llada2_uni import LLaDA2UniForConditionalGeneration
 from transformers_llada_uni.processing_llada2_uni import DEFAULT_CHAT_TEMPLATE
+from transformers_llada_uni.prompting_llada2_uni import ASSISTANT_TURN, system_turn
 
 # --------------------------------------------------------------------------------------------------------------------
 # A tiny in-process tokenizer shaped like the fixture's: WordLevel, special tokens split first, no post-processor.
@@ -204,6 +205,13 @@ def test_t2i_thinking(processor):
     out = processor.build_t2i_prompt("A red cat", grid=(2, 2), thinking=True)
     assert row(out) == SYS_THINK + T("A red cat") + ASSISTANT  # phase 1: the model writes its reasoning first
     assert row(out, "uncond_input_ids") == SYS_THINK + [UNC] + ASSISTANT + header(2, 2)
+
+
+def test_role_templates_keep_the_reference_bytes():
+    # The test tokenizer splits on spaces, so the prompts above cannot tell the unspaced variant from the spaced one.
+    assert system_turn("Be brief.") == "<role>SYSTEM</role> Be brief. <role>HUMAN</role>"
+    assert system_turn("Be brief.", spaced=False) == "<role>SYSTEM</role>Be brief.<role>HUMAN</role>"
+    assert ASSISTANT_TURN == "<role>ASSISTANT</role>"
 
 
 def test_t2i_thinking_prefix(processor):

@@ -18,6 +18,7 @@ from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from .prompting_llada2_uni import (
+    ASSISTANT_TURN,
     BOI,
     DEFAULT_CHAT_TEMPLATE,
     DEFAULT_SYSTEM_PROMPTS,
@@ -34,6 +35,7 @@ from .prompting_llada2_uni import (
     is_image_item,
     per_sample,
     split_ids,
+    system_turn,
 )
 
 _IGNORED_CALL_KWARGS = ("videos", "audio", "return_text_replacement_offsets", "sanitize_control_tokens")
@@ -414,13 +416,12 @@ class LLaDA2UniProcessor(ProcessorMixin):
                 continue
             if mode == "understanding":
                 sys = self._system_prompt("understanding", system_prompt)
-                parts = [f"<role>SYSTEM</role> {sys} <role>HUMAN</role>"]
-                parts += self._message_parts(message, blocks, name) + ["<role>ASSISTANT</role>"]
+                parts = [system_turn(sys)] + self._message_parts(message, blocks, name) + [ASSISTANT_TURN]
                 rows["input_ids"].append(self._tokenize_parts(parts))
                 continue
             if mode == "interleaved":
                 sys = self._system_prompt("interleaved", system_prompt)
-                prefix, suffix = f"<role>SYSTEM</role> {sys} <role>HUMAN</role>", ["<role>ASSISTANT</role>"]
+                prefix, suffix = system_turn(sys), [ASSISTANT_TURN]
                 rows["input_ids"].append(self._tokenize_parts([prefix] + self._message_parts(message, blocks, name)
                                                               + suffix))
                 if uncond_wanted:
@@ -431,19 +432,18 @@ class LLaDA2UniProcessor(ProcessorMixin):
                 if self.image_token in message:
                     raise ValueError(f"`{name}` has {self.image_token} markers but mode 't2i' takes no images.")
                 sys = self._system_prompt("t2i_thinking" if thinking else "t2i", system_prompt)
-                prefix = f"<role>SYSTEM</role> {sys} <role>HUMAN</role>"
-                cond = [prefix, message, "<role>ASSISTANT</role>"] + ([] if thinking else [header])
+                prefix = system_turn(sys)
+                cond = [prefix, message, ASSISTANT_TURN] + ([] if thinking else [header])
                 rows["input_ids"].append(self._tokenize_parts(cond))
                 if uncond_wanted:
                     # Thinking phase 2: the reference ports write this row without the spaces around the system text.
-                    uncond_prefix = f"<role>SYSTEM</role>{sys}<role>HUMAN</role>" if thinking else prefix
-                    uncond = [uncond_prefix, UNCONDITION, "<role>ASSISTANT</role>", header]
+                    uncond = [system_turn(sys, spaced=not thinking), UNCONDITION, ASSISTANT_TURN, header]
                     rows["uncond_input_ids"].append(self._tokenize_parts(uncond))
                 continue
             # edit
             sys = self._system_prompt("edit", system_prompt)
-            prefix = f"<role>SYSTEM</role> {sys} <role>HUMAN</role>"
-            suffix = ["<role>ASSISTANT</role>", header]
+            prefix = system_turn(sys)
+            suffix = [ASSISTANT_TURN, header]
             cond = [prefix] + self._message_parts(message, blocks, name) + suffix
             rows["input_ids"].append(self._tokenize_parts(cond))
             if uncond_wanted:

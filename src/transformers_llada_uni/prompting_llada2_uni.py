@@ -44,6 +44,17 @@ DEFAULT_SYSTEM_PROMPTS = {
     "interleaved": "You are a interleaved generation assistant.",
 }
 MODES = ("understanding", "t2i", "edit", "interleaved", "raw")
+ASSISTANT_TURN = "<role>ASSISTANT</role>"
+
+
+def system_turn(system_prompt: str, *, spaced: bool = True) -> str:
+    """The system turn and the start of the human turn: `<role>SYSTEM</role> {sys} <role>HUMAN</role>`.
+
+    `spaced=False` drops the two spaces around the system text: the reference ports write thinking-mode text-to-image's
+    unconditional row that way, and its ids must match theirs."""
+    space = " " if spaced else ""
+    return f"<role>SYSTEM</role>{space}{system_prompt}{space}<role>HUMAN</role>"
+
 
 # One user turn with images renders exactly the understanding template; `<image>` markers become image blocks.
 DEFAULT_CHAT_TEMPLATE = (
@@ -225,6 +236,7 @@ def split_ids(ids: list, *, decode, image_start_id: int, image_end_id: int, boi_
 
 
 __all__ = [
+    "ASSISTANT_TURN",
     "BOI",
     "DEFAULT_CHAT_TEMPLATE",
     "DEFAULT_SYSTEM_PROMPTS",
@@ -241,4 +253,5 @@ __all__ = [
     "is_image_item",
     "per_sample",
     "split_ids",
+    "system_turn",
 ]
