@@ -84,6 +84,18 @@ def test_single_process_trains_saves_and_reloads(converted, toy_dataset, tmp_pat
     LLaDA2UniProcessor.from_pretrained(out)  # the processor is saved beside the adapter
 
 
+def test_gradient_checkpointing_trains_from_the_first_step(toy_dataset, tmp_path):
+    # The grouped-matmul autograd probe first runs inside the first checkpointed forward of the process; it used to
+    # save tensors there that the recomputation did not (CheckpointError "87 vs 84" on step 1). The shipped shapes
+    # model has 16-byte aligned experts, so its experts take grouped_mm and the probe runs.
+    shapes = REPO_ROOT / "src" / "llada_uni_shapes" / "model"
+    out = tmp_path / "checkpointed"
+    result = _run([sys.executable, str(SCRIPT), *_flags(shapes, toy_dataset, out, 2), "--gradient_checkpointing"],
+                  cwd=tmp_path)
+    assert result.stdout.strip().splitlines()[-1] == f"adapter saved to {out}"
+    assert _trained(load_file(out / "adapter_model.safetensors"))
+
+
 def test_accelerate_ddp_two_processes_agree(converted, toy_dataset, tmp_path):
     # `accelerate launch --cpu --num_processes 2` would start ONE process (accelerate's multi-CPU launcher is mpirun);
     # torchrun (`--multi_gpu`) starts two, and the script's --use_cpu keeps them on the CPU with gloo.

@@ -508,6 +508,27 @@ def test_grouped_mm_backward_probe_says_no_when_torch_cannot(monkeypatch):
     assert model.model.layers[1].mlp.experts.down_proj.grad is not None
 
 
+def test_grouped_mm_backward_probe_is_invisible_to_saved_tensor_hooks(monkeypatch):
+    # Gradient checkpointing counts saved tensors through these hooks; the once-per-process probe must add none
+    # (tests/test_gradient_checkpointing.py runs the real Trainer case).
+    from transformers_llada_uni import modeling_llada2_moe as moe
+
+    packed = []
+
+    def pack(tensor):
+        packed.append(tensor.shape)
+        return tensor
+
+    monkeypatch.setattr(moe, "_GROUPED_MM_BACKWARD", {})
+    with torch.no_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        assert moe._grouped_mm_has_backward("cpu", torch.float32)
+    assert packed == []
+    # Where saved-tensor hooks are disabled (torch.func transforms) the probe still answers, not a false "no".
+    monkeypatch.setattr(moe, "_GROUPED_MM_BACKWARD", {})
+    with torch.autograd.graph.disable_saved_tensors_hooks("no hooks here"):
+        assert moe._grouped_mm_has_backward("cpu", torch.float32)
+
+
 def test_experts_without_tokens_and_single_token():
     model = make_model(seed=4)
     experts = model.model.layers[1].mlp.experts

@@ -228,19 +228,37 @@ def _grouped_matmul(rows: torch.Tensor, weight: torch.Tensor, offsets: torch.Ten
 
 
 def _grouped_mm_has_backward(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether this torch build differentiates `F.grouped_mm` on this device and dtype (probed once on a 2-expert toy)."""
+    """Whether this torch build differentiates `F.grouped_mm` on this device and dtype (probed once on a 2-expert toy).
+
+    The first call usually comes from inside a forward, possibly a gradient-checkpointed one. Non-reentrant
+    checkpointing counts, through saved-tensor hooks, the tensors the original forward saves, and the recomputation
+    must save as many; the probe runs once per process, so its tensors must stay out of that count. Identity hooks
+    pushed on top are the ones autograd uses for the probe, whatever hooks the caller has active."""
     key = (device_type, dtype)
     if key not in _GROUPED_MM_BACKWARD:
         try:
-            with torch.enable_grad():
-                rows = torch.ones(16, 16, device=device_type, dtype=dtype, requires_grad=True)
-                weight = torch.ones(2, 16, 16, device=device_type, dtype=dtype, requires_grad=True)
-                offsets = torch.tensor([8, 16], device=device_type, dtype=torch.int32)
-                _grouped_matmul(rows, weight, offsets).sum().backward()
-            _GROUPED_MM_BACKWARD[key] = rows.grad is not None and weight.grad is not None
-        except (RuntimeError, NotImplementedError, TypeError):
-            _GROUPED_MM_BACKWARD[key] = False
+            with torch.autograd.graph.saved_tensors_hooks(_unchanged, _unchanged):
+                _GROUPED_MM_BACKWARD[key] = _probe_grouped_mm_backward(device_type, dtype)
+        except RuntimeError:  # saved-tensor hooks are disabled here (torch.func transforms), so none can count it
+            _GROUPED_MM_BACKWARD[key] = _probe_grouped_mm_backward(device_type, dtype)
     return _GROUPED_MM_BACKWARD[key]
+
+
+def _unchanged(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def _probe_grouped_mm_backward(device_type: str, dtype: torch.dtype) -> bool:
+    try:
+        # grad on even where the caller runs without it (reentrant checkpointing's first forward, say)
+        with torch.enable_grad():
+            rows = torch.ones(16, 16, device=device_type, dtype=dtype, requires_grad=True)
+            weight = torch.ones(2, 16, 16, device=device_type, dtype=dtype, requires_grad=True)
+            offsets = torch.tensor([8, 16], device=device_type, dtype=torch.int32)
+            _grouped_matmul(rows, weight, offsets).sum().backward()
+        return rows.grad is not None and weight.grad is not None
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
 
 
 def _grouped_mm_fits(rows: torch.Tensor, *weights: torch.Tensor) -> bool:
