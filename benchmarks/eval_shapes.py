@@ -13,7 +13,6 @@ text-to-image token generation at thresholds 0.95 / 0.9 / 0.7. The last line is 
 """
 
 import argparse
-import functools
 import json
 import os
 import random
@@ -30,7 +29,7 @@ from examples.shapes.checker import score_edit, score_t2i  # noqa: E402
 from examples.shapes.dataset import split_scenes  # noqa: E402
 from examples.shapes.world import caption, edits, questions, render  # noqa: E402
 
-SETTINGS = {"decoder": "turbo"}  # image size, multiplier and block length: the model's own defaults
+SETTINGS = {"decoder": "turbo"}  # every LLM setting: the model's generation_config.json
 
 
 def parse_args(argv=None):
@@ -55,41 +54,20 @@ def parse_args(argv=None):
 
 
 def parse_sprint(text):
-    """`None` -> None; "on" -> True; "keep_ratio=0.5,strategy=neg_entropy" -> a checked settings dict."""
-    from transformers_llada_uni.sprint_llada2_uni import SprintConfig
+    """`None` -> None; "on" -> True; "keep_ratio=0.5,strategy=neg_entropy" -> a checked settings dict (the CLI's
+    parser; its errors become ValueError here)."""
+    from diffusers_llada_uni.cli import CommandError
+    from diffusers_llada_uni.cli import parse_sprint as parse
 
-    if text is None:
-        return None
-    if text.strip().lower() in ("on", "true", "default"):
-        return True
-    settings = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"expected KEY=VALUE, got {item!r}")
-        value = value.strip()
-        if value.lower() in ("none", "true", "false"):
-            settings[key.strip()] = {"none": None, "true": True, "false": False}[value.lower()]
-            continue
-        if ";" in value:  # a list of ids: protected_token_ids=64;65;66
-            settings[key.strip()] = [int(part) for part in value.split(";") if part.strip()]
-            continue
-        for kind in (int, float):
-            try:
-                value = kind(value)
-                break
-            except ValueError:
-                pass
-        settings[key.strip()] = value
-    SprintConfig.from_setting(settings)
-    return settings
+    try:
+        return parse(text)
+    except CommandError as exc:
+        raise ValueError(str(exc).removeprefix("--sprint: ")) from None
 
 
 def use_sprint(model, sprint):
-    """Make every LLM generation the pipeline runs (understanding: `generate`; text-to-image: `generate_image_tokens`;
-    editing: `edit_image`) use these SPRINT settings, without touching the pipeline."""
-    for name in ("generate", "generate_image_tokens", "edit_image"):
-        setattr(model, name, functools.partial(getattr(model, name), sprint=sprint))
+    """Every LLM generation the pipeline runs reads the model's generation config, so SPRINT is one field there."""
+    model.generation_config.sprint = sprint
 
 
 def evaluate_t2i(pipe, scenes, batch_size):
@@ -128,17 +106,15 @@ def evaluate_editing(pipe, scenes, batch_size):
 
 
 def tokens_per_forward(pipe, scenes, threshold):
+    """Text-to-image tokens per forward pass at `threshold` (16 steps per block; the model's size and guidance)."""
     processor, model = pipe.processor, pipe.mllm
-    image_processor = processor.image_processor
-    h, w = image_processor.generation_grid(image_processor.generation_size, image_processor.generation_size,
-                                           16 * image_processor.generation_resolution_multiplier)
-    batch = processor(text=[caption(s) for s in scenes], mode="t2i", grid=(h, w))
-    result = model.generate_image_tokens(batch["input_ids"], attention_mask=batch["attention_mask"],
-                                         uncond_input_ids=batch["uncond_input_ids"],
-                                         uncond_attention_mask=batch["uncond_attention_mask"], height=h, width=w,
-                                         cfg_scale=2.0, steps=16, block_length=16, threshold=threshold)
+    settings = model.generation_config
+    grid = processor.image_processor.generation_grid(settings.image_height, settings.image_width,
+                                                     settings.pixels_per_token)
+    batch = processor(text=[caption(s) for s in scenes], mode="t2i", grid=grid)
+    out = model.generate(**batch, image_steps=16, threshold=threshold, return_dict_in_generate=True)
     # Every row of the batch advances in the same forward passes, so this is tokens per pass per image.
-    return h * w / result["num_forward_passes"]
+    return grid[0] * grid[1] / out.num_forward_passes
 
 
 def main(argv=None):

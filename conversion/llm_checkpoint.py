@@ -34,8 +34,6 @@ SPECIAL_TOKENS = {
     "eos_token_id": "<|endoftext|>",
     "bos_token_id": "<|startoftext|>",
 }
-# Defaults written to generation_config.json (the released generate() settings, greedy).
-GENERATION_DEFAULTS = {"temperature": 0.0, "block_length": 32, "steps": 32, "threshold": 0.95}
 
 
 def special_token_ids(folder: Path, tokens=tuple(SPECIAL_TOKENS.values())) -> dict:
@@ -96,17 +94,11 @@ def build_config(folder: Path, log):
 
 
 def write_generation_config(config, folder: Path):
-    """generation_config.json with the special ids and the released decoding defaults (temperature 0 = greedy)."""
-    from transformers_llada_uni import LLaDA2GenerationConfig
+    """generation_config.json with the special ids and every sampling default of the release (temperature 0 =
+    greedy), lengths fitted to the model's positions; a Uni config adds the image, editing and thinking settings."""
+    from transformers_llada_uni.generation_config_llada2_uni import defaults_for_model
 
-    generation_config = LLaDA2GenerationConfig(
-        mask_token_id=config.mask_token_id,
-        eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id,
-        bos_token_id=config.bos_token_id,
-        **GENERATION_DEFAULTS,
-    )
-    generation_config.save_pretrained(folder)
+    defaults_for_model(config).save_pretrained(folder)
 
 
 def copy_present_files(src: Path, dst: Path, names) -> list:
@@ -202,7 +194,7 @@ def plan_llm(source, expected, dtype, log):
 def finish_folder(config, src: Path, dst: Path, log, model_class=None):
     """Everything but the weights: config.json + remote code, generation_config.json, tokenizer files."""
     save_remote_code(config, dst, model_class)
-    write_generation_config(config.get_text_config(), dst)
+    write_generation_config(config, dst)
     copy_tokenizer(src, dst, log)
 
 

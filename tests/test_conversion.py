@@ -32,9 +32,9 @@ from transformers_llada_uni import (
 
 EXPERT_KEY = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 REMOTE_FILES = {"configuration_llada2_uni.py", "modeling_llada2_moe.py", "generation_llada2_uni.py",
-                "training_llada2_uni.py", "sprint_llada2_uni.py"}
+                "generation_config_llada2_uni.py", "training_llada2_uni.py", "sprint_llada2_uni.py"}
 UNI_REMOTE_FILES = REMOTE_FILES | {"modeling_llada2_uni.py", "generation_modes_llada2_uni.py",
-                                   "image_processing_llada2_uni.py"}
+                                   "generation_tasks_llada2_uni.py", "image_processing_llada2_uni.py"}
 ROOT_FILES = ("config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json")
 IMAGE_PREFIXES = {"model.visual.": "visual.", "model.vqmodel.": "vqmodel."}

@@ -477,11 +477,12 @@ def test_model_generation_config_and_config_defaults(model):
         assert model.generate(ids, return_dict_in_generate=False, gen_length=5).shape[1] <= 31 + 5
     finally:
         model.generation_config = saved
-    # block_length defaults to config.block_length.
+    # A generation config that leaves block_length unset takes config.block_length.
     saved_block = model.config.block_length
     try:
         model.config.block_length = 8
-        from_model_config = run(model, ids, gen_length=20, steps=4, threshold=0.5)
+        from_model_config = run(model, ids, generation_config=LLaDA2GenerationConfig(), gen_length=20, steps=4,
+                                threshold=0.5)
     finally:
         model.config.block_length = saved_block
     assert torch.equal(from_model_config.sequences, run(model, ids, gen_length=20, steps=4, threshold=0.5,

@@ -150,7 +150,7 @@ def test_constraint_masks_logits_and_applies_cfg_on_codes_only():
 
 
 def run(model, processor, **kwargs):
-    kwargs = {"gen_length": 32, "steps": 8, "block_length": 16, **kwargs}
+    kwargs = {"gen_length": 32, "steps": 8, "block_length": 16, "cfg_scale": 1.0, **kwargs}
     return model.generate_interleaved("A red cat", processor=processor, **kwargs)
 
 

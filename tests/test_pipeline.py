@@ -111,18 +111,21 @@ def test_edit_follows_the_model_and_decodes_at_the_source_grid(pipe, picture):
     assert out.images[0].size == (16 * expected["w"], 16 * expected["h"])
 
 
-def test_guidance_left_out_comes_from_the_image_processor(pipe, picture, monkeypatch):
-    image_processor = pipe.processor.image_processor
-    assert (image_processor.generation_guidance_scale, image_processor.edit_cfg_text_scale) == (2.0, 4.0)
-    monkeypatch.setattr(image_processor, "generation_guidance_scale", 1.0)
-    monkeypatch.setattr(image_processor, "edit_cfg_text_scale", 1.5)
+def test_guidance_left_out_comes_from_the_generation_config(pipe, picture, monkeypatch):
+    settings = pipe.mllm.generation_config
+    assert (settings.guidance_scale, settings.edit_guidance_scale) == (2.0, 4.0)
+    monkeypatch.setattr(settings, "guidance_scale", 1.0)
+    monkeypatch.setattr(settings, "edit_guidance_scale", 1.5)
     drawn = _t2i(pipe, output_type="tokens").image_tokens[0]["token_ids"].tolist()
     assert drawn == pipe.mllm.generate_image("a red circle", 64, 64, processor=pipe.processor, cfg_scale=1.0,
                                              **LLM)["token_ids"]
+    # The model's convenience methods read the same config: no scale given, the same tokens.
+    assert drawn == pipe.mllm.generate_image("a red circle", 64, 64, processor=pipe.processor, **LLM)["token_ids"]
     edited = pipe(image=picture, instruction="make it blue", output_type="tokens", **LLM).image_tokens[0]
     expected = pipe.mllm.edit_image(image=picture, instruction="make it blue", processor=pipe.processor,
                                     cfg_text_scale=1.5, **LLM)
     assert edited["token_ids"].tolist() == expected["token_ids"]
+    assert expected == pipe.mllm.edit_image(image=picture, instruction="make it blue", processor=pipe.processor, **LLM)
     # The recorded scales matter: the release's 2.0 / 4.0 give other tokens on these weights.
     assert drawn != pipe.mllm.generate_image("a red circle", 64, 64, processor=pipe.processor, cfg_scale=2.0,
                                              **LLM)["token_ids"]

@@ -60,7 +60,7 @@ def build_tokenizer(words) -> PreTrainedTokenizerFast:
                                    eos_token="<|endoftext|>", pad_token="<|endoftext|>", mask_token="<|mask|>")
 
 
-# Editing's text CFG scale recorded for the pipeline: the release's 4.0 over-pushes this tiny model (held-out edits:
+# Editing's text CFG scale recorded in generation_config.json: the release's 4.0 over-pushes this tiny model (held-out edits:
 # 33% done at 4.0, 46% at 2.0, 48% at 1.0, i.e. without guidance).
 EDIT_CFG = 1.0
 
@@ -73,8 +73,7 @@ def build_processor(tokenizer, sizes: ShapesModelSizes):
     # text-to-image draws at that size, one decoded 16 px cell per token.
     area = sizes.image_size ** 2
     image_processor = LLaDA2UniImageProcessor(resize_factor=16, min_pixels=area, max_pixels=area,
-                                              edit_max_cells=area // 16 ** 2, generation_size=sizes.image_size,
-                                              generation_resolution_multiplier=1, edit_cfg_text_scale=EDIT_CFG)
+                                              edit_max_cells=area // 16 ** 2)
     return LLaDA2UniProcessor(image_processor=image_processor, tokenizer=tokenizer,
                               image_token_offset=len(tokenizer), codebook_size=sizes.codebook_size)
 
@@ -107,7 +106,19 @@ def build_model(tokenizer, sizes: ShapesModelSizes, seed: int = 0):
         structural_token_ids=[vocab["<role>"], vocab["</role>"], vocab["<|role_end|>"]],  # kept whole by SPRINT
     )
     torch.manual_seed(seed)
-    return LLaDA2UniForConditionalGeneration(config)
+    model = LLaDA2UniForConditionalGeneration(config)
+    model.generation_config = generation_config(config, sizes)
+    return model
+
+
+def generation_config(config, sizes: ShapesModelSizes):
+    """The shapes model's generation defaults: text-to-image draws at the training size, one decoded 16 px cell per
+    token; answers and reasoning are a few words, so their budgets are short; editing runs without text guidance."""
+    from transformers_llada_uni.generation_config_llada2_uni import defaults_for_model
+
+    return defaults_for_model(config, image_height=sizes.image_size, image_width=sizes.image_size,
+                              pixels_per_token=16, edit_guidance_scale=EDIT_CFG, max_new_tokens=64,
+                              thinking_max_new_tokens=64)
 
 
 def build_pixel_side(sizes: ShapesModelSizes, seed: int = 0) -> dict:

@@ -153,10 +153,10 @@ class Tutorial:
                                                self.pipe.scheduler)
         for decoder in (self.turbo, self.normal):
             decoder.set_progress_bar_config(disable=True)
-        image_processor = self.processor.image_processor
-        self.rm = image_processor.generation_resolution_multiplier
-        self.grid = image_processor.generation_grid(image_processor.generation_size,
-                                                    image_processor.generation_size, 16 * self.rm)
+        drawing = self.model.generation_config  # the size the model draws at: 48 px, 16 px per token
+        self.rm = drawing.pixels_per_token // 16
+        self.grid = self.processor.image_processor.generation_grid(drawing.image_height, drawing.image_width,
+                                                                   drawing.pixels_per_token)
         self.block_length = self.model.config.get_text_config().block_length
         self.out, self.settings, self.seed, self.log = Path(out), settings, seed, log
         self.numbers = {}

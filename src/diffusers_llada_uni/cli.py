@@ -32,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
         sub.add_argument("--block-length", type=int, default=None, help="diffusion block (default: the model's)")
         sub.add_argument("--steps", type=int, default=None, help="LLM denoising steps per block")
+        sub.add_argument("--threshold", type=float, default=None, help="confidence that commits a token, in (0, 1]")
+        sub.add_argument("--temperature", type=float, default=None, help="0 (the default) is greedy")
+        sub.add_argument("--sprint", default=None, metavar="on|KEY=VALUE[,KEY=VALUE...]",
+                         help="SPRINT (approximate, faster): 'on' for its defaults or SprintConfig fields, e.g. "
+                         "keep_ratio=0.5,strategy=neg_entropy (ids lists joined by ';')")
+        sub.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
+                         help="any LLaDA2GenerationConfig field, e.g. --set guidance_scale=3 (repeatable)")
         if image_output:
             sub.add_argument("-o", "--output", required=True, help="PNG file to write")
             sub.add_argument("--decoder", choices=("turbo", "normal"), default=None)
@@ -47,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="image + question -> answer")
     ask.add_argument("image")
     ask.add_argument("question")
-    ask.add_argument("--max-new-tokens", type=int, default=64)
+    ask.add_argument("--max-new-tokens", type=int, default=None, help="answer budget (default: the model's)")
     common(ask, image_output=False)
     edit = commands.add_parser("edit", help="image + instruction -> edited image")
     edit.add_argument("image")
@@ -89,10 +96,56 @@ def _check(args):
     return image
 
 
+def parse_value(text: str):
+    """A command-line value: true / false / none, a ';'-joined id list, an int, a float, or the string itself."""
+    text = text.strip()
+    if text.lower() in ("none", "true", "false"):
+        return {"none": None, "true": True, "false": False}[text.lower()]
+    if ";" in text:
+        return [int(part) for part in text.split(";") if part.strip()]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_pairs(text: str, what: str) -> dict:
+    """"a=1,b=x" -> {"a": 1, "b": "x"}; CommandError naming `what` on a malformed item."""
+    pairs = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CommandError(f"{what}: expected KEY=VALUE, got {item!r}")
+        pairs[key.strip()] = parse_value(value)
+    return pairs
+
+
+def parse_sprint(text):
+    """`None` -> None; "on" -> True; "keep_ratio=0.5,strategy=neg_entropy" -> a checked settings dict."""
+    from transformers_llada_uni.sprint_llada2_uni import SprintConfig
+
+    if text is None:
+        return None
+    if text.strip().lower() in ("on", "true", "default"):
+        return True
+    settings = parse_pairs(text, "--sprint")
+    try:
+        SprintConfig.from_setting(settings)
+    except ValueError as exc:
+        raise CommandError(f"--sprint: {exc}") from None
+    return settings
+
+
 def _settings(args) -> dict:
-    settings = {"generator": torch.Generator().manual_seed(args.seed), "block_length": args.block_length}
-    if args.steps is not None:
-        settings["steps"] = args.steps
+    settings = {"generator": torch.Generator().manual_seed(args.seed)}
+    for item in args.settings:
+        settings.update(parse_pairs(item, "--set"))
+    named = {"block_length": args.block_length, "steps": args.steps, "threshold": args.threshold,
+             "temperature": args.temperature, "sprint": parse_sprint(args.sprint),
+             "max_new_tokens": getattr(args, "max_new_tokens", None)}
+    settings.update({key: value for key, value in named.items() if value is not None})
     if hasattr(args, "output"):
         settings["resolution_multiplier"] = args.resolution_multiplier
         if args.decoder is not None:
@@ -108,11 +161,10 @@ def run(args) -> str:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = LLaDA2UniPipeline.from_pretrained(args.model)
     settings = _settings(args)
+    pipe = LLaDA2UniPipeline.from_pretrained(args.model)
     if args.command == "ask":
-        settings.pop("generator")
-        return pipe(image=image, question=args.question, max_new_tokens=args.max_new_tokens, **settings).text[0]
+        return pipe(image=image, question=args.question, **settings).text[0]
     if args.command == "generate":
         result = pipe(args.prompt, height=args.height, width=args.width, **settings)
     else:

@@ -14,6 +14,8 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
+from transformers_llada_uni import LLaDA2GenerationConfig, LLaDA2UniConfig
+from transformers_llada_uni.generation_config_llada2_uni import resolve_generation_config
 
 from .hub_layout import (
     DECODER_DEFAULTS,
@@ -195,89 +197,72 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         width: Optional[int] = None,
         thinking: bool = False,
         num_images_per_prompt: int = 1,
-        steps: Optional[int] = None,
-        block_length: Optional[int] = None,
-        threshold: float = 0.95,
-        temperature: float = 0.0,
-        guidance_scale: Optional[float] = None,
-        cfg_text_scale: Optional[float] = None,
-        cfg_image_scale: float = 0.0,
-        max_new_tokens: int = 2048,
-        thinking_steps: int = 32,
-        thinking_max_new_tokens: int = 4096,
+        generation_config=None,
         decoder: Optional[str] = None,
         num_inference_steps: Optional[int] = None,
         decoder_guidance_scale: Optional[float] = None,
-        resolution_multiplier: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        **generation_kwargs,
     ):
         r"""
         The task follows the inputs: `prompt` alone -> text-to-image; `image` + `question` -> answer text;
         `image` + `instruction` -> edited image. Batches are lists (one image per question / instruction, or one image
-        for all of them).
+        for all of them; a list of images for one text: several references).
 
         Args:
-            height / width (`int`, *optional*): text-to-image output size in pixels, multiples of
-                16 * `resolution_multiplier`; the token grid is height / 32 x width / 32 at the default multiplier.
-                Default: the image processor's `generation_size` (1024 for the release, 48 for the shapes model).
+            height / width (`int`, *optional*): text-to-image output size in pixels, multiples of `pixels_per_token`
+                (the generation config's `image_height` / `image_width` when left out).
             thinking (`bool`): text-to-image with the reasoning phase first (its text comes back in `.text`).
             num_images_per_prompt (`int`, defaults to 1): images per prompt (or per edit instruction).
-            steps (`int`, *optional*): LLM denoising steps per block: 8 for images, 32 for answers (the originals).
-            block_length, threshold, temperature: the block-diffusion sampler's settings (see docs/generation.md);
-                `block_length` defaults to the model config's (32 for the release).
-            guidance_scale (`float`, *optional*): text-to-image CFG on the LLM logits (1 disables it). Default: the
-                image processor's `generation_guidance_scale` (2.0 for the release).
-            cfg_text_scale / cfg_image_scale (`float`, *optional* / defaults to 0.0): editing's three-way CFG.
-                `cfg_text_scale` defaults to the image processor's `edit_cfg_text_scale` (4.0 for the release).
-            max_new_tokens (`int`, defaults to 2048): answer length budget (understanding).
-            thinking_steps / thinking_max_new_tokens: the thinking phase's steps per block and length budget.
+            generation_config (`LLaDA2GenerationConfig`, *optional*): the LLM's sampling settings (default: the
+                model's `generation_config.json`); `**generation_kwargs` override single fields, e.g. `threshold`,
+                `temperature`, `block_length`, `guidance_scale`, `edit_guidance_scale` (`cfg_text_scale`),
+                `image_guidance_scale` (`cfg_image_scale`), `max_new_tokens`, `thinking_max_new_tokens`, `sprint`,
+                `pixels_per_token`. `steps` is the LLM's steps per block of the task at hand (`image_steps` for
+                images); `resolution_multiplier` sets `pixels_per_token` = 16 x it.
             decoder (`str`, *optional*): "turbo" (8 steps, no CFG) or "normal" (49 steps, CFG); default: turbo when
                 loaded, else normal.
             num_inference_steps / decoder_guidance_scale (*optional*): the decoder's steps and CFG scale (defaults
                 per decoder: 49 / 2.0 normal, 8 / 1.0 turbo).
-            resolution_multiplier (`int`, *optional*): decoded pixels per token side = 16 * resolution_multiplier;
-                default: the image processor's `generation_resolution_multiplier` (2 for the release).
-            generator (`torch.Generator`, *optional*): randomness of the LLM sampler (temperature > 0) and decoder.
+            generator (`torch.Generator`, *optional*): randomness of the LLM sampler and of the decoder.
             output_type (`str`, defaults to "pil"): "pil", "np", "pt", "latent" or "tokens" (skip the decoder).
             return_dict (`bool`, defaults to True): return `LLaDA2UniPipelineOutput`, else `(images, text)`.
             callback_on_step_end / callback_on_step_end_tensor_inputs: called after each decoder step (see
-                `LLaDA2UniDecoderPipeline`).
+                `LLaDA2UniDecoderPipeline`); setting `pipe._interrupt = True` there ends this call's decoding.
 
         Examples:
         """
+        self._interrupt = False  # a callback may have interrupted the previous call
         task = self._task(prompt, image, question, instruction)
         if output_type not in OUTPUT_TYPES + ("tokens",):
             raise ValueError(f"`output_type` must be one of {', '.join(OUTPUT_TYPES + ('tokens',))}; got "
                              f"{output_type!r}.")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) \
+                or num_images_per_prompt < 1:
             raise ValueError(f"`num_images_per_prompt` must be a positive int, got {num_images_per_prompt!r}.")
-        height, width, resolution_multiplier, block_length, guidance_scale, cfg_text_scale = self._defaults(
-            height, width, resolution_multiplier, block_length, guidance_scale, cfg_text_scale)
-        llm = {"block_length": block_length, "threshold": threshold, "temperature": temperature,
-               "generator": generator}
+        if thinking and task != "t2i":
+            raise ValueError("`thinking` applies to text-to-image (a `prompt` without an image).")
+        settings = _generation_overrides(generation_kwargs, task, height, width)
+        config = self._settings(generation_config, settings)
         decode = None
         if task != "understanding" and output_type != "tokens":
             decode = self._decoder_settings(decoder, num_inference_steps, decoder_guidance_scale,
-                                            resolution_multiplier, callback_on_step_end_tensor_inputs)
+                                            _multiplier(config.pixels_per_token), callback_on_step_end_tensor_inputs)
+        llm = {"generation_config": generation_config, "generator": generator, **settings}
         if task == "understanding":
-            texts = self._understand(image, question, steps=32 if steps is None else steps,
-                                     max_new_tokens=max_new_tokens, **llm)
+            texts = self._understand(image, question, llm)
             self.maybe_free_model_hooks()
             return LLaDA2UniPipelineOutput(images=None, text=texts) if return_dict else (None, texts)
-        steps = 8 if steps is None else steps
         if task == "t2i":
-            grid = self.processor.image_processor.generation_grid(height, width, 16 * _positive(
-                resolution_multiplier, "resolution_multiplier"))
-            tokens, texts = self._text_to_image(prompt, grid, thinking, num_images_per_prompt, steps=steps,
-                                                guidance_scale=guidance_scale, thinking_steps=thinking_steps,
-                                                thinking_max_new_tokens=thinking_max_new_tokens, **llm)
+            grid = self.processor.image_processor.generation_grid(config.image_height, config.image_width,
+                                                                  config.pixels_per_token)
+            tokens, texts = self._text_to_image(prompt, grid, thinking, num_images_per_prompt, config, llm)
         else:
-            tokens, texts = self._edit(image, instruction, num_images_per_prompt, steps=steps,
-                                       cfg_text_scale=cfg_text_scale, cfg_image_scale=cfg_image_scale, **llm)
+            tokens, texts = self._edit(image, instruction, num_images_per_prompt, config, llm)
         images = None
         if decode is not None:
             images = self._decode(tokens, decode, generator, output_type, callback_on_step_end)
@@ -288,27 +273,22 @@ class LLaDA2UniPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ input checks
 
-    def _mllm_config(self):
+    def _settings(self, generation_config, settings: dict):
+        """The settings this call will run with, read before the prompts are built (image size, guidance); a
+        stage-loaded model's configs are read from disk, not its weights."""
         if self.mllm is not None:
-            return self.mllm.config
-        from transformers_llada_uni import LLaDA2UniConfig  # stage loading: read the config, not the weights
-
-        return LLaDA2UniConfig.from_pretrained(self._source.path("mllm"))
-
-    def _defaults(self, height, width, resolution_multiplier, block_length, guidance_scale, cfg_text_scale) -> tuple:
-        """Fill what the caller left out from the model's own files (image processor, LLM config); a processor saved
-        before a setting existed gives the release's value."""
-        image_processor = self.processor.image_processor
-
-        def recorded(value, name, release):
-            return getattr(image_processor, name, release) if value is None else value
-
-        if block_length is None:
-            block_length = self._mllm_config().get_text_config().block_length
-        return (recorded(height, "generation_size", 1024), recorded(width, "generation_size", 1024),
-                recorded(resolution_multiplier, "generation_resolution_multiplier", 2), block_length,
-                recorded(guidance_scale, "generation_guidance_scale", 2.0),
-                recorded(cfg_text_scale, "edit_cfg_text_scale", 4.0))
+            model_config, own = self.mllm.config, getattr(self.mllm, "generation_config", None)
+        else:
+            folder = self._source.path("mllm")
+            model_config = LLaDA2UniConfig.from_pretrained(folder)
+            try:
+                own = LLaDA2GenerationConfig.from_pretrained(folder)
+            except OSError:
+                own = None
+        if own is not None and not isinstance(own, LLaDA2GenerationConfig):
+            own = LLaDA2GenerationConfig(**own.to_dict())
+        config, _ = resolve_generation_config(model_config, own, generation_config, dict(settings))
+        return config
 
     @staticmethod
     def _task(prompt, image, question, instruction) -> str:
@@ -344,51 +324,58 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         return {"decoder": decoder, "steps": steps, "scale": scale, "rm": resolution_multiplier,
                 "tensor_inputs": tuple(tensor_inputs)}
 
-    # ------------------------------------------------------------------ LLM stages
+    # ------------------------------------------------------------------ LLM stages: processor -> generate()
 
-    def _text_to_image(self, prompt, grid, thinking, per_prompt, *, steps, guidance_scale, thinking_steps,
-                       thinking_max_new_tokens, **llm):
+    def _image_tokens(self, mllm, batch, mode, per_prompt, llm) -> tuple:
+        inputs = {key: value.to(mllm.device) for key, value in batch.items()}
+        out = mllm.generate(**inputs, generation_mode=mode, num_return_sequences=per_prompt,
+                            return_dict_in_generate=True, **llm)
+        h, w = out.image_grid
+        tokens = [_grid_dict(row, h, w) for row in out.image_tokens.cpu()]
+        return tokens, out.thinking_ids
+
+    def _text_to_image(self, prompt, grid, thinking, per_prompt, config, llm):
         prompts = _texts(prompt, "prompt")
-        h, w = grid
+        batch = self.processor(text=prompts, mode="t2i", grid=grid, thinking=thinking,
+                               return_uncond=thinking or config.guidance_scale != 1.0)
         with self._stage("mllm") as mllm:
-            if thinking:
-                tokens, texts = [], []
-                for text in prompts:
-                    for _ in range(per_prompt):
-                        out = mllm.generate_image(
-                            text, processor=self.processor, mode="thinking", steps=steps, cfg_scale=guidance_scale,
-                            thinking_steps=thinking_steps, thinking_gen_length=thinking_max_new_tokens,
-                            image_h=32 * h, image_w=32 * w, **llm)
-                        tokens.append(torch.tensor(out["token_ids"]))
-                        texts.append(out["thinking"])
-                return [_grid_dict(t, h, w) for t in tokens], texts
-            batch = self.processor(text=prompts, mode="t2i", grid=(h, w))
-            rows = {key: value.repeat_interleave(per_prompt, dim=0).to(mllm.device) for key, value in batch.items()}
-            result = mllm.generate_image_tokens(
-                rows["input_ids"], attention_mask=rows["attention_mask"], uncond_input_ids=rows["uncond_input_ids"],
-                uncond_attention_mask=rows["uncond_attention_mask"], height=h, width=w, cfg_scale=guidance_scale,
-                steps=steps, **llm)
-        return [_grid_dict(row, h, w) for row in result["token_ids"].cpu()], None
+            tokens, thoughts = self._image_tokens(mllm, batch, "thinking" if thinking else "image", per_prompt, llm)
+        texts = None
+        if thoughts is not None:
+            texts = [self.processor.decode(ids, skip_special_tokens=True) for ids in thoughts]
+        return tokens, texts
 
-    def _edit(self, image, instruction, per_prompt, *, steps, cfg_text_scale, cfg_image_scale, **llm):
+    def _edit(self, image, instruction, per_prompt, config, llm):
+        """All edits whose sources give one output grid run as one batch (the grid follows the first source)."""
         instructions = _texts(instruction, "instruction")
-        images = _images(image, len(instructions))
-        tokens = []
+        sources = _images(image, len(instructions))
+        image_cfg = config.image_guidance_scale != 0.0
+        groups = {}
+        for index, source in enumerate(sources):
+            first = source[0] if isinstance(source, (list, tuple)) else source
+            groups.setdefault(self._edit_grid(first), []).append(index)
+        tokens = [None] * (len(instructions) * per_prompt)
         with self._stage("mllm") as mllm:
-            for source, text in zip(images, instructions):
-                for _ in range(per_prompt):
-                    out = mllm.edit_image(image=source, instruction=text, processor=self.processor, steps=steps,
-                                          cfg_text_scale=cfg_text_scale, cfg_image_scale=cfg_image_scale, **llm)
-                    tokens.append(_grid_dict(torch.tensor(out["token_ids"]), out["h"], out["w"]))
+            for indices in groups.values():
+                batch = self.processor(text=[instructions[i] for i in indices], images=[sources[i] for i in indices],
+                                       mode="edit", image_cfg=image_cfg)
+                grids, _ = self._image_tokens(mllm, batch, "image", per_prompt, llm)
+                for j, index in enumerate(indices):
+                    tokens[index * per_prompt : (index + 1) * per_prompt] = grids[j * per_prompt : (j + 1) * per_prompt]
         return tokens, None
 
-    def _understand(self, image, question, *, steps, max_new_tokens, **llm):
+    def _edit_grid(self, source) -> tuple:
+        source = self.processor._check_image(source)
+        grid = self.processor.image_processor.preprocess([source], mode="edit", return_tensors="pt")["image_grid_thw"]
+        return tuple(int(v) for v in grid[0, 1:])
+
+    def _understand(self, image, question, llm):
         questions = _texts(question, "question")
         images = _images(image, len(questions))
         batch = self.processor(text=questions, images=images, mode="understanding")
         with self._stage("mllm") as mllm:
             inputs = {key: value.to(mllm.device) for key, value in batch.items()}
-            out = mllm.generate(inputs.pop("input_ids"), gen_length=max_new_tokens, steps=steps, **inputs, **llm)
+            out = mllm.generate(**inputs, generation_mode="text", return_dict_in_generate=False, **llm)
         prompt_length = batch["input_ids"].shape[1]
         return self.processor.batch_decode(out[:, prompt_length:].cpu(), skip_special_tokens=True)
 
@@ -435,6 +422,32 @@ class LLaDA2UniPipeline(DiffusionPipeline):
                 return np.stack(outputs) if same_size else outputs
             return torch.stack(outputs) if same_size else outputs
         return [to_output_type(o[None], "pil")[0] for o in outputs]
+
+
+def _generation_overrides(kwargs: dict, task: str, height, width) -> dict:
+    """The call's LLM settings as generation-config fields: `steps` is the task's budget (image steps for images),
+    `resolution_multiplier` is `pixels_per_token` / 16, `height` / `width` the text-to-image size in pixels."""
+    settings = {key: value for key, value in kwargs.items() if value is not None}
+    if task != "understanding" and "steps" in settings:
+        settings["image_steps"] = settings.pop("steps")
+    multiplier = settings.pop("resolution_multiplier", None)
+    if multiplier is not None:
+        settings["pixels_per_token"] = 16 * _positive(multiplier, "resolution_multiplier")
+    if task == "t2i":
+        if height is not None:
+            settings["image_height"] = height
+        if width is not None:
+            settings["image_width"] = width
+    elif height is not None or width is not None:
+        raise ValueError("`height` / `width` apply to text-to-image; edits keep the source image's grid.")
+    return settings
+
+
+def _multiplier(pixels_per_token: int) -> int:
+    if pixels_per_token % 16:
+        raise ValueError(f"`pixels_per_token` ({pixels_per_token}) must be a multiple of 16 (the decoder's "
+                         "latent cell).")
+    return pixels_per_token // 16
 
 
 def _texts(value, name: str) -> list:

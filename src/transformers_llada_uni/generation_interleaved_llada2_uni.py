@@ -12,7 +12,7 @@ every step from the committed canvas. Each row's generated region is scanned lef
 * after a committed `<|image|>` at p: p+1 is a height size token `<|reserved_token_h|>`, p+2 a width one (deferred
   until the height is committed), p+3 `<boi>`. Sizes are restricted to 1..max_grid and to what fits in the run of
   masks starting at p+4 (h*w codes + `<|/image|>`). Positions from p+4 on are deferred until both sizes are known.
-* once the header is complete, the next h*w positions are image codes only (with CFG when `cfg_scale` != 1: guided
+* once the header is complete, the next h*w positions are image codes only (with CFG when `guidance_scale` != 1: guided
   logits there, conditional logits everywhere else), then one position is forced to `<|/image|>`; text resumes.
 
 Committed tokens are never changed; positions past the generated length keep the model's logits. Because every
@@ -21,11 +21,10 @@ every step commits at least one token (a block may take more than `steps` forwar
 """
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
-from .generation_llada2_uni import LLaDA2GenerationConfig, build_canvas, _cut_after_eos
+from .generation_llada2_uni import guide_logits
 
 _HEADER = 4  # <|image|> h w <boi>
 INVALID_SIZE_MODES = ("clamp", "error")
@@ -182,108 +181,27 @@ def make_constraint(grammar, gen_start, gen_length, batch, cfg_scale=1.0):
                     keep[b, j] = kinds[kind]
                     code_pos[b, j] = kind == "code"
         if cfg_scale != 1.0 and logits.shape[0] > batch:
-            uncond = logits[batch : 2 * batch]
-            guided = uncond + cfg_scale * (cond - uncond)
+            guided = guide_logits(cond, logits[batch : 2 * batch], cfg_scale)
             cond = torch.where(code_pos.unsqueeze(-1), guided, cond)
         return cond.masked_fill(~keep, float("-inf")), allow
 
     return constrain
 
 
-class LLaDA2UniInterleavedMixin:
-    """`generate_interleaved` for `LLaDA2UniForConditionalGeneration`."""
-
-    def interleaved_grammar(self, processor=None, max_grid=None, invalid_size="clamp") -> InterleavedGrammar:
-        config, text = self.config, self.config.get_text_config()
-        if processor is not None:
-            size_ids = list(processor._reserved_ids)
-        elif config.reserved_token_start_id is not None:
-            size_ids = list(range(config.reserved_token_start_id,
-                                  config.reserved_token_start_id + config.num_reserved_tokens))
-        else:
-            raise ValueError("interleaved generation needs the size tokens: pass `processor=` or set "
-                             "`reserved_token_start_id` in the config.")
-        for name in ("image_start_token_id", "boi_token_id", "image_end_token_id"):
-            if getattr(config, name, None) is None:
-                raise ValueError(f"interleaved generation needs `{name}` in the model config.")
-        return InterleavedGrammar(
-            vocab_size=text.vocab_size, mask_id=text.mask_token_id, image_start_id=config.image_start_token_id,
-            boi_id=config.boi_token_id, image_end_id=config.image_end_token_id, size_ids=size_ids,
-            code_offset=config.image_token_offset, codebook_size=config.codebook_size, max_grid=max_grid,
-            invalid_size=invalid_size,
-        )
-
-    @torch.no_grad()
-    def generate_interleaved(self, prompt=None, *, input_ids=None, images=None, processor=None, gen_length=256,
-                             steps=32, block_length=32, threshold=0.95, temperature=0.0, top_k=None, top_p=None,
-                             cfg_scale=1.0, uncond_input_ids=None, max_grid=None, invalid_size="clamp",
-                             use_block_cache=True, generator=None):
-        r"""
-        One response mixing text and images (batch 1).
-
-        Args:
-            prompt (`str`, *optional*): the user message, laid out with the processor's "interleaved" template
-                (`images` go first, or at `<image>` markers). Or `input_ids` ([P] or [1, P]): a ready prompt.
-            processor (`LLaDA2UniProcessor`): needed for `prompt` and for the text/image `segments`; defaults to
-                `model.processor`. Without one, `input_ids` still work and `segments` is None.
-            cfg_scale (`float`, defaults to 1.0): CFG on image-code positions only; needs the unconditional prompt
-                (`<uncondition>` for the user text), which the processor builds, or `uncond_input_ids`.
-            max_grid (`int` or (`int`, `int`), *optional*): largest grid (h, w) the model may open; defaults to the
-                largest side the tokenizer can write. `invalid_size` ("clamp" or "error"): a `max_grid` beyond the
-                size tokens (or a committed header with a size outside 1..max_grid) is clamped, or raises.
-            Other arguments as in `generate()`; `steps` is the budget per block for its quota schedule (blocks whose
-                positions wait on a header can take more forwards).
-
-        Returns:
-            dict with `sequences` (`torch.LongTensor` [1, P + generated], cut after EOS), `segments`
-            (`processor.split_generation` of the generated ids: text strings and image grids) and
-            `num_forward_passes`.
-        """
-        processor = processor if processor is not None else getattr(self, "processor", None)
-        if not isinstance(cfg_scale, (int, float)) or isinstance(cfg_scale, bool) or cfg_scale < 0:
-            raise ValueError(f"`cfg_scale` must be a number >= 0, got {cfg_scale!r}.")
-        if (prompt is None) == (input_ids is None):
-            raise ValueError("give exactly one of `prompt` (a string) and `input_ids`.")
-        uncond = None
-        if prompt is not None:
-            if processor is None:
-                raise ValueError("`processor` is required with `prompt` (or pass `input_ids`).")
-            if not isinstance(prompt, str):
-                raise ValueError(f"`prompt` must be a string, got {type(prompt).__name__}.")
-            batch = processor(text=prompt, images=images, mode="interleaved", return_uncond=cfg_scale != 1.0)
-            keys = ["input_ids"] + (["uncond_input_ids"] if cfg_scale != 1.0 else [])
-            rows = self._fill_images(batch, *keys)
-            input_ids, uncond = rows[0], (rows[1] if len(rows) > 1 else None)
-        else:
-            if images is not None:
-                raise ValueError("`images` go with `prompt`; `input_ids` must already hold the image blocks.")
-            uncond = uncond_input_ids
-        for name, ids in (("input_ids", input_ids), ("uncond_input_ids", uncond)):
-            if ids is None:
-                continue
-            if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int32, torch.int64) or ids.numel() == 0 \
-                    or ids.dim() not in (1, 2) or (ids.dim() == 2 and ids.shape[0] != 1):
-                raise ValueError(f"`{name}` must be a non-empty LongTensor [length] or [1, length].")
-        input_ids = input_ids.reshape(1, -1).long().to(self.device)
-        if cfg_scale != 1.0 and uncond is None:
-            raise ValueError("`cfg_scale` != 1 needs the unconditional prompt (`uncond_input_ids` or `prompt=`).")
-        grammar = self.interleaved_grammar(processor, max_grid, invalid_size)
-        config = LLaDA2GenerationConfig(
-            gen_length=gen_length, steps=steps, block_length=block_length, threshold=threshold,
-            temperature=temperature, top_k=top_k, top_p=top_p, use_block_cache=use_block_cache,
-        ).resolve(self.config.get_text_config())
-        limit = self.config.get_text_config().max_position_embeddings
-        if input_ids.shape[1] + config.gen_length > limit:
-            raise ValueError(f"`gen_length` ({config.gen_length}) + prompt ({input_ids.shape[1]}) exceeds "
-                             f"max_position_embeddings={limit}.")
-        guidance = [(0, uncond.reshape(-1).long())] if cfg_scale != 1.0 else []
-        canvas = build_canvas([input_ids[0]], config, self.device, guidance_prompts=guidance)
-        constrain = make_constraint(grammar, canvas.gen_start, config.gen_length, 1, cfg_scale)
-        generated, passes, _ = self._run_blocks(canvas, config, constrain=constrain, generator=generator)
-        generated = _cut_after_eos(generated, config.eos_token_id, config.pad_token_id)
-        sequences = torch.cat([input_ids, generated], dim=1)
-        segments = processor.split_generation(generated[0]) if processor is not None else None
-        return {"sequences": sequences, "segments": segments, "num_forward_passes": passes}
+def interleaved_grammar(config, size_ids, max_grid=None, invalid_size="clamp") -> InterleavedGrammar:
+    """The grammar of a `LLaDA2UniConfig`; `size_ids[n]` writes a grid side of n (from `reserved_token_start_id`)."""
+    if not size_ids:
+        raise ValueError("interleaved generation needs the size tokens: set `reserved_token_start_id` in the config.")
+    for name in ("image_start_token_id", "boi_token_id", "image_end_token_id"):
+        if getattr(config, name, None) is None:
+            raise ValueError(f"interleaved generation needs `{name}` in the model config.")
+    text = config.get_text_config()
+    return InterleavedGrammar(
+        vocab_size=text.vocab_size, mask_id=text.mask_token_id, image_start_id=config.image_start_token_id,
+        boi_id=config.boi_token_id, image_end_id=config.image_end_token_id, size_ids=list(size_ids),
+        code_offset=config.image_token_offset, codebook_size=config.codebook_size, max_grid=max_grid,
+        invalid_size=invalid_size,
+    )
 
 
-__all__ = ["LLaDA2UniInterleavedMixin", "InterleavedGrammar", "plan_row", "make_constraint"]
+__all__ = ["InterleavedGrammar", "interleaved_grammar", "plan_row", "make_constraint"]

@@ -22,131 +22,39 @@ import torch
 from transformers import GenerationConfig
 from transformers.utils import ModelOutput
 
+from .generation_config_llada2_uni import (
+    LLaDA2GenerationConfig,
+    fit_length,
+    named_like_the_original,
+    resolve_generation_config,
+)
 from .sprint_llada2_uni import SprintConfig, SprintRun
 
-# The original `generate()` defaults (LLaDA2.0 Hub remote code), except that temperature 0 really is greedy.
-DIFFUSION_DEFAULTS = {
-    "gen_length": 2048,
-    "block_length": 32,
-    "steps": 32,
-    "threshold": 0.95,
-    "temperature": 0.0,
-    "top_k": None,
-    "top_p": None,
-    "eos_early_stop": False,
-    "minimal_topk": 1,
-    "use_block_cache": True,
-    "sprint": None,
-    "output_history": False,
-    "return_dict_in_generate": False,
-}
-# Keyword names of the original API, accepted as aliases.
-ALIASES = {"eos_id": "eos_token_id", "mask_id": "mask_token_id", "max_new_tokens": "gen_length"}
-
-
-class LLaDA2GenerationConfig(GenerationConfig):
-    r"""
-    Generation settings of block-diffusion decoding. Fields left `None` fall back to the model config (block length,
-    special ids) and then to the original LLaDA2.0 defaults.
-
-    Args:
-        gen_length (`int`, defaults to 2048): tokens to generate (`max_new_tokens` is an alias).
-        block_length (`int`, defaults to `config.block_length`, 32): tokens denoised together; the attention block.
-        steps (`int`, defaults to 32): most denoising forwards per block (capped at `gen_length // minimal_topk`).
-        threshold (`float` in (0, 1], defaults to 0.95): commit every prediction above it when they meet the quota.
-        temperature (`float`, defaults to 0.0): 0 is greedy; > 0 samples after `top_k` / `top_p` filtering.
-        eos_early_stop (`bool`, defaults to False): stop mid-block once EOS is committed with nothing masked before it.
-        minimal_topk (`int`, defaults to 1), mask_token_id, eos_token_id, pad_token_id (`int`)
-        use_block_cache (`bool`, defaults to True): cache finished blocks' keys/values (exact; False re-runs the prefix).
-        sprint (`bool`, `dict` or `SprintConfig`, *optional*): SPRINT acceleration (approximate; needs the block cache).
-            `True` uses the `SprintConfig` defaults; a dict holds `SprintConfig` fields. None / False: off.
-        output_history (`bool`, defaults to False): record the generated region after every forward.
-    """
-
-    def __init__(self, **kwargs):
-        own = {key: kwargs.pop(key, None) for key in (*DIFFUSION_DEFAULTS, "mask_token_id")}
-        if isinstance(own["sprint"], SprintConfig):  # stored as a dict so that generation_config.json can hold it
-            own["sprint"] = own["sprint"].to_dict()
-        for alias, name in ALIASES.items():
-            if alias in kwargs and own.get(name) is None:
-                own[name] = kwargs.pop(alias)
-        super().__init__(**kwargs)
-        for key, value in own.items():
-            if value is not None:  # unset fields stay unset (and out of generation_config.json)
-                setattr(self, key, value)
-
-    def validate(self, *args, **kwargs):
-        # In block diffusion temperature / top-k / top-p always shape the confidences (temperature 0 is greedy), so
-        # the base class's "sampling flag without do_sample" complaints do not apply to them.
-        sampling = {key: getattr(self, key, None) for key in ("temperature", "top_k", "top_p")}
-        for key in sampling:
-            setattr(self, key, None)
-        try:
-            return super().validate(*args, **kwargs)
-        finally:
-            for key, value in sampling.items():
-                setattr(self, key, value)
-
-    def resolve(self, model_config) -> "LLaDA2GenerationConfig":
-        """A copy with every field filled (model config first, then the original defaults) and validated."""
-        resolved = LLaDA2GenerationConfig(**self.to_dict())
-        for key, default in DIFFUSION_DEFAULTS.items():
-            if getattr(resolved, key, None) is None:
-                fallback = getattr(model_config, key, None) if key == "block_length" else None
-                setattr(resolved, key, fallback if fallback is not None else default)
-        for key in ("mask_token_id", "eos_token_id", "pad_token_id"):
-            if getattr(resolved, key, None) is None:
-                setattr(resolved, key, getattr(model_config, key, None))
-        if resolved.pad_token_id is None:
-            resolved.pad_token_id = resolved.eos_token_id
-        resolved.check(model_config.vocab_size)
-        return resolved
-
-    def check(self, vocab_size: int):
-        """Raise `ValueError` naming the argument when a diffusion setting is out of range."""
-
-        def positive_int(name):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-
-        for name in ("gen_length", "block_length", "steps", "minimal_topk"):
-            positive_int(name)
-        if self.gen_length // self.minimal_topk < 1:
-            raise ValueError(f"`minimal_topk` ({self.minimal_topk}) must be <= `gen_length` ({self.gen_length}).")
-        if not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"`threshold` must be in (0, 1], got {self.threshold!r}.")
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise ValueError(f"`temperature` must be >= 0, got {self.temperature!r}.")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
-            raise ValueError(f"`top_k` must be None or an integer >= 0, got {self.top_k!r}.")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"`top_p` must be None or in (0, 1], got {self.top_p!r}.")
-        if SprintConfig.from_setting(getattr(self, "sprint", None)) is not None and not self.use_block_cache:
-            raise ValueError("`sprint` needs `use_block_cache=True` (SPRINT prunes the block cache).")
-        for name in ("mask_token_id", "eos_token_id", "pad_token_id"):
-            value = getattr(self, name)
-            if name == "mask_token_id" and value is None:
-                raise ValueError(
-                    "`mask_token_id` is not set: pass `mask_token_id=` (or `mask_id=`) or set it in the model config."
-                )
-            if value is not None and not (isinstance(value, int) and 0 <= value < vocab_size):
-                raise ValueError(f"`{name}` ({value!r}) is not an id of the vocabulary [0, {vocab_size}).")
+# generate() keywords transformers' own callers (pipelines, peft) pass that carry nothing for diffusion decoding.
+_IGNORED_KWARGS = ("use_cache", "synced_gpus", "token_type_ids")
 
 
 @dataclass
 class LLaDA2GenerateOutput(ModelOutput):
     """
     sequences (`torch.LongTensor` [B, prompt + generated]): the prompt followed by the generated ids; positions after
-        a row's first EOS (and past a shorter row's end) hold `pad_token_id`.
+        a row's first EOS (and past a shorter row's end) hold `pad_token_id`. Image modes: the prompt (for thinking,
+        with the reasoning and the image header) followed by the image codes as vocabulary ids.
     num_forward_passes (`int`): denoising forwards (the original's `num_forward_calls`).
     history (`tuple[torch.LongTensor]`, *optional*): the generated region [B, gen_length] after every forward,
         masks included, for visualisation.
+    image_tokens (`torch.LongTensor` [B, h*w], *optional*): image modes: offset-free VQ codes (-1 after an image the
+        model closed early with `restrict_to_image_vocab=False`).
+    image_grid (`tuple[int, int]`, *optional*): image modes: the token grid (h, w).
+    thinking_ids (`tuple[torch.LongTensor]`, *optional*): thinking mode: each row's reasoning ids (before the image).
     """
 
     sequences: Optional[torch.LongTensor] = None
     num_forward_passes: Optional[int] = None
     history: Optional[tuple] = None
+    image_tokens: Optional[torch.LongTensor] = None
+    image_grid: Optional[tuple] = None
+    thinking_ids: Optional[tuple] = None
 
 
 class BlockDiffusionCache:
@@ -237,6 +145,7 @@ class LLaDA2MoeGenerationMixin:
     """`generate()` for LLaDA2 models: block-masked diffusion with an exact KV cache of finished blocks."""
 
     _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
+    _is_stateful = False  # the block cache lives inside one generate() call; nothing carries over
 
     def adjust_generation_fn(self, generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path,
                              **kwargs):
@@ -248,84 +157,103 @@ class LLaDA2MoeGenerationMixin:
             try:
                 self.generation_config = LLaDA2GenerationConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
             except OSError:
-                pass  # no generation_config.json: the config-derived defaults stand
+                pass  # no generation_config.json: the release defaults stand
 
-    def _diffusion_config(self, generation_config, kwargs) -> LLaDA2GenerationConfig:
-        base = generation_config if generation_config is not None else getattr(self, "generation_config", None)
-        config = LLaDA2GenerationConfig(**(base.to_diff_dict() if base is not None else {}))
-        for alias, name in ALIASES.items():
-            if alias in kwargs:
-                kwargs[name] = kwargs.pop(alias)
-        for key in (*DIFFUSION_DEFAULTS, "mask_token_id", "eos_token_id", "pad_token_id"):
-            if key in kwargs:
-                value = kwargs.pop(key)
-                if value is not None:
-                    setattr(config, key, value)
-        return config.resolve(self.config.get_text_config())
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+        """The forward inputs of one step (transformers and peft look this method up; the diffusion loop builds its
+        own inputs, so it is a pass-through)."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        inputs.update({key: value for key, value in kwargs.items() if key not in _IGNORED_KWARGS})
+        return inputs
+
+    def _generation_settings(self, generation_config, kwargs) -> tuple:
+        """(resolved `LLaDA2GenerationConfig`, explicitly requested field names); consumes the setting kwargs."""
+        if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+            raise ValueError(f"`generation_config` must be a GenerationConfig, got {type(generation_config).__name__}.")
+        own = getattr(self, "generation_config", None)
+        if own is not None and not isinstance(own, LLaDA2GenerationConfig):
+            own = LLaDA2GenerationConfig(**own.to_dict())
+        for key in _IGNORED_KWARGS:
+            kwargs.pop(key, None)
+        return resolve_generation_config(self.config, own, generation_config, kwargs)
+
+    @staticmethod
+    def _refuse_unknown(kwargs):
+        if kwargs:
+            raise ValueError(f"unknown generate() argument(s) {sorted(kwargs)}; settings are the fields of "
+                             "LLaDA2GenerationConfig (see docs/generation.md).")
 
     @torch.no_grad()
     def generate(
         self,
         inputs: Optional[torch.LongTensor] = None,
         generation_config: Optional[GenerationConfig] = None,
+        logits_processor=None,
+        stopping_criteria=None,
         attention_mask: Optional[torch.Tensor] = None,
         streamer=None,
         generator: Optional[torch.Generator] = None,
         **kwargs,
     ):
         r"""
-        Block-diffusion generation of `gen_length` tokens after `inputs`.
+        Block-diffusion generation of `max_new_tokens` tokens after `inputs`.
 
         Args:
             inputs / input_ids (`torch.LongTensor` [B, P]): prompts, left-padded when `attention_mask` marks padding.
-            generation_config (`LLaDA2GenerationConfig`, *optional*): base settings; keyword arguments override them.
+            generation_config (`LLaDA2GenerationConfig`, *optional*): base settings (default: the model's
+                `generation_config`); keyword arguments override them.
+            logits_processor (`LogitsProcessorList`, *optional*): applied to every denoising step's logits, position
+                by position (`input_ids` = the canvas up to the active block's end, masks included).
+            stopping_criteria (`StoppingCriteriaList`, *optional*): checked when a block is finished, with the
+                prompt + generated ids so far; rows it marks done stop.
             attention_mask (`torch.Tensor` [B, P], *optional*): 1 for real tokens, 0 for left padding.
             streamer (*optional*): a transformers streamer (batch 1); it receives the prompt, then each finished
                 block. A streamer with `put_draft` also gets the partly denoised block after every step.
-            generator (`torch.Generator`, *optional*): randomness for `temperature > 0`.
-            **kwargs: any `LLaDA2GenerationConfig` field, under its own name or the original one (`eos_id`,
-                `mask_id`, `max_new_tokens` for `gen_length`).
+            generator (`torch.Generator`, *optional*): randomness for sampling.
+            **kwargs: any `LLaDA2GenerationConfig` field, under its own name or the original one (`gen_length`,
+                `eos_id`, `mask_id`). `eos_token_id=None` means no EOS.
 
         Returns:
-            `torch.LongTensor` [B, P + generated] (prompt then generated ids), or `LLaDA2GenerateOutput` when
-            `return_dict_in_generate=True`.
+            `torch.LongTensor` [B * num_return_sequences, P + generated] (prompt then generated ids), or
+            `LLaDA2GenerateOutput` when `return_dict_in_generate=True`.
         """
         if inputs is None:
             inputs = kwargs.pop("input_ids", None)
-        if inputs is None:
-            raise ValueError("`inputs` (or `input_ids`) is required: a LongTensor of prompt ids [batch, length].")
-        if inputs.dim() == 1:
-            inputs = inputs.unsqueeze(0)
-        config = self._diffusion_config(generation_config, kwargs)
-        if kwargs:
-            raise ValueError(f"unknown generate() arguments: {sorted(kwargs)}.")
+        with named_like_the_original():
+            inputs = check_input_ids(inputs, self.config.get_text_config().vocab_size)
+            config, explicit = self._generation_settings(generation_config, kwargs)
+            self._refuse_unknown(kwargs)
+            return self._generate_text(inputs, attention_mask, config, explicit, logits_processor=logits_processor,
+                                       stopping_criteria=stopping_criteria, streamer=streamer, generator=generator)
+
+    def _generate_text(self, inputs, attention_mask, config, explicit, *, logits_processor=None,
+                       stopping_criteria=None, streamer=None, generator=None):
+        if config.generation_mode not in (None, "text"):
+            raise ValueError(f"`generation_mode`={config.generation_mode!r} needs an LLaDA2.0-Uni model; this one "
+                             "generates text only.")
+        inputs, attention_mask = repeat_rows(config.num_return_sequences, inputs, attention_mask)
         prompts = split_prompts(inputs, attention_mask)
         longest = max(len(p) for p in prompts)
         limit = self.config.get_text_config().max_position_embeddings
         if longest > limit:
             raise ValueError(f"`input_ids` has a prompt of {longest} tokens, longer than max_position_embeddings={limit}.")
-        if longest + config.gen_length > limit:
-            raise ValueError(
-                f"`gen_length` ({config.gen_length}) + prompt ({longest}) exceeds max_position_embeddings={limit}."
-            )
+        config.max_new_tokens = fit_length(config, explicit, "max_new_tokens", longest, limit)
         if streamer is not None and len(prompts) != 1:
-            raise ValueError("`streamer` supports batch size 1 only.")
+            raise ValueError("`streamer` supports batch size 1 only (and num_return_sequences=1).")
 
-        sequences, passes, history = self._denoise(prompts, config, streamer, generator)
+        canvas = build_canvas(prompts, config, self.device)
+        if streamer is not None:
+            streamer.put(prompts[0].cpu())
+        generated, passes, history = self._run_blocks(
+            canvas, config, streamer=streamer, generator=generator, image_range=self._image_id_range(),
+            logits_processor=logits_processor, stopping_criteria=stopping_criteria, prefix_ids=inputs)
+        sequences = finish_rows(generated, config.eos_token_id, config.pad_token_id, config.mask_token_id)
         output = torch.cat([inputs.to(sequences.device), sequences], dim=1)
         if streamer is not None:
             streamer.end()
         if config.return_dict_in_generate:
             return LLaDA2GenerateOutput(sequences=output, num_forward_passes=passes, history=history)
         return output
-
-    def _denoise(self, prompts, config, streamer, generator):
-        canvas = build_canvas(prompts, config, self.device)
-        if streamer is not None:
-            streamer.put(prompts[0].cpu())
-        generated, passes, history = self._run_blocks(canvas, config, streamer=streamer, generator=generator,
-                                                      image_range=self._image_id_range())
-        return _cut_after_eos(generated, config.eos_token_id, config.pad_token_id), passes, history
 
     def _image_id_range(self):
         """(first, end) of the image-code ids when the model has images (SPRINT's per-modality ratios), else None."""
@@ -335,7 +263,8 @@ class LLaDA2MoeGenerationMixin:
         return (offset, offset + size if size else self.config.get_text_config().vocab_size)
 
     def _run_blocks(self, canvas, config, *, combine=None, vocab_range=None, stop_rule="block", streamer=None,
-                    generator=None, constrain=None, image_range=None):
+                    generator=None, constrain=None, image_range=None, logits_processor=None, stopping_criteria=None,
+                    prefix_ids=None):
         """Denoise `canvas` block by block; returns (generated ids [B, gen_length], forward count, history).
 
         `combine` maps the logits of all canvas rows [R, L, V] to those of the B primary rows (guidance); rows after
@@ -348,8 +277,12 @@ class LLaDA2MoeGenerationMixin:
         True may be committed on that step, and a block then takes extra steps (quota >= 1) until it has no mask left.
         `config.sprint` (not with `constrain`) prunes the prefix after each block's warm-up steps and commits
         adaptively; `image_range` = (lo, hi) are the ids SPRINT counts as image tokens.
+        `logits_processor` runs on the primary rows' logits after all of the above; `stopping_criteria` (text rule
+        "block" only) sees `prefix_ids` + the generated ids after every block.
         """
-        L, G, mask_id, stop_id = config.block_length, config.gen_length, config.mask_token_id, config.eos_token_id
+        L, G, mask_id, stop_id = config.block_length, config.max_new_tokens, config.mask_token_id, config.eos_token_id
+        if G // config.minimal_topk < 1:
+            raise ValueError(f"`minimal_topk` ({config.minimal_topk}) must be <= `max_new_tokens` ({G}).")
         tokens, gen_start = canvas.tokens, canvas.gen_start
         batch, total = len(gen_start), tokens.shape[1]
         allowed = _block_causal_mask(canvas.key_valid, L)
@@ -395,6 +328,8 @@ class LLaDA2MoeGenerationMixin:
                     active = active & allow
                     if not active.any():
                         raise RuntimeError("`constrain` allowed no masked position to be committed.")
+                if logits_processor is not None:
+                    logits = apply_logits_processor(logits_processor, tokens[:batch, :end], logits)
                 sampled, confidence = sample_tokens(logits, config.temperature, config.top_k, config.top_p, generator)
                 if sprint is None:
                     commit = select_transfers(confidence, active, quota, config.threshold)
@@ -421,6 +356,11 @@ class LLaDA2MoeGenerationMixin:
                 for row in range(batch):
                     if (tokens[row, gen_start[row] : end] == stop_id).any():
                         finished[row] = True
+            if stopping_criteria is not None and stop_rule == "block":
+                done_so_far = min(G, end - min(gen_start))
+                so_far = tokens[:batch].gather(1, gen_index[:, :done_so_far])
+                seen = torch.cat([prefix_ids.to(tokens.device), so_far], dim=1)
+                finished |= torch.as_tensor(stopping_criteria(seen, None), device=tokens.device).bool()
             if finished.all():
                 break
         return tokens[:batch].gather(1, gen_index), passes, tuple(history) or None
@@ -447,7 +387,7 @@ def build_canvas(prompts, config, device, guidance_prompts=None) -> DiffusionCan
     is never attended to, and positions start at 0 on the first real token. A guidance prompt (CFG) for primary row i
     is right-aligned to end where row i's prompt ends, so both share the canvas blocks after it.
     """
-    L, G = config.block_length, config.gen_length
+    L, G = config.block_length, config.max_new_tokens
     guidance_prompts = guidance_prompts or []
     first_block = max(len(p) // L for p in prompts)
     offsets = [L * (first_block - len(p) // L) for p in prompts]
@@ -530,15 +470,62 @@ def _eos_settled(canvas, gen_start, end, eos_id, mask_id):
     return settled
 
 
-def _cut_after_eos(generated, eos_id, fill):
-    """Everything after a row's first EOS becomes `fill`; trailing columns that are `fill` in every row are dropped."""
-    if eos_id is None:
+def finish_rows(generated, eos_id, fill, mask_id):
+    """Everything after a row's first EOS, and every position never generated (a row stopped early), becomes `fill`;
+    trailing columns that are `fill` in every row are dropped."""
+    unused = generated == mask_id
+    if eos_id is not None:
+        is_eos = generated == eos_id
+        unused |= (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    if not unused.any():
         return generated
-    is_eos = generated == eos_id
-    after = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
-    generated = generated.masked_fill(after, fill)
-    kept = (~after).sum(dim=1).max()
-    return generated[:, : int(kept)]
+    generated = generated.masked_fill(unused, fill)
+    used = (~unused).long() * torch.arange(1, generated.shape[1] + 1, device=generated.device)
+    kept = int(used.max()) if used.numel() else 0
+    return generated[:, :kept]
 
 
-__all__ = ["LLaDA2GenerationConfig", "LLaDA2GenerateOutput", "LLaDA2MoeGenerationMixin", "BlockDiffusionCache"]
+def guide_logits(cond, uncond, scale, no_image=None, image_scale=0.0):
+    """Classifier-free guidance on logits, the one formula of every mode: U + scale * (C - U), plus
+    image_scale * (U - N) for editing's image-dropped rows N."""
+    guided = uncond + scale * (cond - uncond)
+    if no_image is not None:
+        guided = guided + image_scale * (uncond - no_image)
+    return guided
+
+
+def apply_logits_processor(processors, context, logits):
+    """transformers logits processors work on [rows, V] with the ids so far; a denoising step has [B, L, V]: every
+    position is a row, each seeing its own row's canvas."""
+    batch, length, vocab = logits.shape
+    scores = processors(context.repeat_interleave(length, dim=0), logits.reshape(batch * length, vocab).float())
+    return scores.reshape(batch, length, vocab)
+
+
+def repeat_rows(count, *tensors):
+    """Each row `count` times in a row (num_return_sequences); None stays None."""
+    if count == 1:
+        return tensors
+    return tuple(None if t is None else t.repeat_interleave(count, dim=0) for t in tensors)
+
+
+def check_input_ids(ids, vocab_size, name="input_ids"):
+    """A [B, P] LongTensor of vocabulary ids ([P] is one row); anything else is a ValueError naming `name`."""
+    if ids is None:
+        raise ValueError(f"`inputs` (or `{name}`) is required: a LongTensor of prompt ids [batch, length].")
+    if not isinstance(ids, torch.Tensor):
+        raise ValueError(f"`{name}` must be a torch.LongTensor [batch, length], got {type(ids).__name__}.")
+    if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ValueError(f"`{name}` must hold integer ids, got dtype {ids.dtype}.")
+    if ids.dim() == 1:
+        ids = ids.unsqueeze(0)
+    if ids.dim() != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
+        raise ValueError(f"`{name}` must be a non-empty [batch, length] tensor, got shape {list(ids.shape)}.")
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
+        raise ValueError(f"`{name}` holds ids outside the vocabulary [0, {vocab_size}): "
+                         f"[{int(ids.min())}, {int(ids.max())}].")
+    return ids.long()
+
+
+__all__ = ["LLaDA2GenerationConfig", "LLaDA2GenerateOutput", "LLaDA2MoeGenerationMixin", "BlockDiffusionCache",
+           "build_canvas", "check_input_ids", "finish_rows", "guide_logits", "repeat_rows", "split_prompts"]

@@ -96,6 +96,12 @@ def to_rgb(image, name: str = "images"):
     return image.convert("RGB")
 
 
+# Settings earlier releases kept in processor_config.json; they are LLaDA2GenerationConfig fields now
+# (image_height / image_width, pixels_per_token, guidance_scale, edit_guidance_scale).
+_MOVED_TO_GENERATION_CONFIG = ("generation_size", "generation_resolution_multiplier", "generation_guidance_scale",
+                               "edit_cfg_text_scale")
+
+
 class LLaDA2UniImageProcessor(BaseImageProcessor):
     r"""
     Turns images into SigLIP-VQ patches: `pixel_values` [total patches, 3*16*16] (channel-major inside a patch,
@@ -111,12 +117,9 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
         min_pixels / max_pixels (defaults to 128^2 / 800^2), multi_image_max_pixels (defaults to 448^2)
         edit_max_cells (`int`, defaults to 256), edit_max_ratio (`float`, defaults to 4.0)
         edit_crop (`str`, defaults to "center"): "center" (faithful) or "cover".
-        generation_size (`int`, defaults to 1024) / generation_resolution_multiplier (`int`, defaults to 2): the
-            side in pixels and the decoded pixels per token side / 16 that text-to-image uses when the caller gives
-            none (the release's 1024 px at 2x; a model trained on small images records its own).
-        generation_guidance_scale (`float`, defaults to 2.0) / edit_cfg_text_scale (`float`, defaults to 4.0): the
-            text-to-image CFG scale and editing's text CFG scale the pipeline uses when the caller gives none (the
-            release's settings; a small model can record gentler ones).
+
+    Generation settings (output size, pixels per token, guidance scales) live in the model's `generation_config.json`
+    (`LLaDA2GenerationConfig`); the keys earlier releases of this project stored here are ignored when read.
     """
 
     model_input_names = ["pixel_values", "image_grid_thw"]
@@ -140,13 +143,9 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
         edit_max_cells: int = 256,
         edit_max_ratio: float = 4.0,
         edit_crop: str = "center",
-        generation_size: int = 1024,
-        generation_resolution_multiplier: int = 2,
-        generation_guidance_scale: float = 2.0,
-        edit_cfg_text_scale: float = 4.0,
         **kwargs,
     ):
-        for legacy in ("size", "resample", "image_processor_type", "processor_class"):
+        for legacy in ("size", "resample", "image_processor_type", "processor_class", *_MOVED_TO_GENERATION_CONFIG):
             kwargs.pop(legacy, None)
         super().__init__(**kwargs)
         if merge_size != 1:
@@ -170,10 +169,6 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
         self.edit_max_cells = edit_max_cells
         self.edit_max_ratio = edit_max_ratio
         self.edit_crop = self._check_edit_crop(edit_crop)
-        self.generation_size = generation_size
-        self.generation_resolution_multiplier = generation_resolution_multiplier
-        self.generation_guidance_scale = generation_guidance_scale
-        self.edit_cfg_text_scale = edit_cfg_text_scale
 
     @staticmethod
     def _check_mode(mode):

@@ -17,6 +17,7 @@ from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOut
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
 from .configuration_llada2_uni import LLaDA2MoeConfig
+from .generation_config_llada2_uni import defaults_for_model
 from .generation_llada2_uni import LLaDA2MoeGenerationMixin
 from .training_llada2_uni import masked_diffusion_forward
 
@@ -596,6 +597,7 @@ class LLaDA2MoeForCausalLM(LLaDA2MoePreTrainedModel, LLaDA2MoeGenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+        self.generation_config = defaults_for_model(config, validate=False)  # every default, saved with the model
 
     def get_input_embeddings(self):
         return self.model.word_embeddings

@@ -13,12 +13,16 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.models.glm_image.modeling_glm_image import GlmImageVisionModel, GlmImageVQVAE
 
 from .configuration_llada2_uni import LLaDA2UniConfig
+from .generation_config_llada2_uni import defaults_for_model
 from .generation_modes_llada2_uni import LLaDA2UniGenerationMixin
+from .generation_tasks_llada2_uni import LLaDA2UniTasksMixin
 from .modeling_llada2_moe import LLaDA2MoeForCausalLM, LLaDA2MoeModel, LLaDA2MoePreTrainedModel
 
 
-class LLaDA2UniForConditionalGeneration(LLaDA2MoeForCausalLM, LLaDA2UniGenerationMixin):
-    """Backbone + LM head (keys `model.*`, `lm_head.*`, as in the text-only model) + `visual.*` and `vqmodel.*`."""
+class LLaDA2UniForConditionalGeneration(LLaDA2UniGenerationMixin, LLaDA2UniTasksMixin, LLaDA2MoeForCausalLM):
+    """Backbone + LM head (keys `model.*`, `lm_head.*`, as in the text-only model) + `visual.*` and `vqmodel.*`.
+    `generate()` is the one entry of every task (`generation_modes_llada2_uni.py`); the original API's
+    `understand_image` / `generate_image` / `edit_image` wrap it (`generation_tasks_llada2_uni.py`)."""
 
     config_class = LLaDA2UniConfig
     config: LLaDA2UniConfig
@@ -35,6 +39,7 @@ class LLaDA2UniForConditionalGeneration(LLaDA2MoeForCausalLM, LLaDA2UniGeneratio
         self.visual = GlmImageVisionModel(config.vision_config)
         self.vqmodel = GlmImageVQVAE(config.vq_config)
         self.post_init()
+        self.generation_config = defaults_for_model(config, validate=False)  # every default, saved with the model
 
     def forward(self, input_ids=None, pixel_values=None, image_grid_thw=None, image_tokens=None, **kwargs):
         """The backbone's forward; images given as `pixel_values` + `image_grid_thw` (or as `image_tokens` codes)
@@ -46,21 +51,6 @@ class LLaDA2UniForConditionalGeneration(LLaDA2MoeForCausalLM, LLaDA2UniGeneratio
                 # Supervised image positions name the placeholder; their targets are the codes just written there.
                 kwargs["labels"] = torch.where(labels == -100, labels, input_ids)
         return super().forward(input_ids=input_ids, **kwargs)
-
-    def generate(self, inputs=None, generation_config=None, attention_mask=None, streamer=None, generator=None,
-                 pixel_values=None, image_grid_thw=None, image_tokens=None, generation_mode="text", **kwargs):
-        """`generation_mode="text"` (default): text generation (`LLaDA2MoeGenerationMixin.generate`) after putting
-        the images' tokens into the prompt. `generation_mode="image"`: `generate_image_tokens(inputs, ...)`."""
-        if inputs is None:
-            inputs = kwargs.pop("input_ids", None)
-        if inputs is not None and (pixel_values is not None or image_tokens is not None):
-            inputs = self.insert_image_tokens(inputs, pixel_values, image_grid_thw, image_tokens)
-        if generation_mode == "image":
-            return self.generate_image_tokens(inputs, attention_mask=attention_mask, generator=generator, **kwargs)
-        if generation_mode != "text":
-            raise ValueError(f"`generation_mode` must be 'text' or 'image', got {generation_mode!r}.")
-        return super().generate(inputs, generation_config, attention_mask=attention_mask, streamer=streamer,
-                                generator=generator, **kwargs)
 
     @torch.no_grad()
     def get_image_tokens(self, pixel_values: torch.Tensor, image_grid_thw: torch.LongTensor) -> torch.LongTensor:

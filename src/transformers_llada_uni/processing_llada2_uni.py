@@ -34,6 +34,7 @@ from .prompting_llada2_uni import (
     is_code_item,
     is_image_item,
     per_sample,
+    reasoning_ids,
     split_ids,
     system_turn,
 )
@@ -502,18 +503,9 @@ class LLaDA2UniProcessor(ProcessorMixin):
             thinking_ids: the phase-1 generated ids (1-D or [1, G]).
         """
         prompt = flat_ids(input_ids, "input_ids")
-        generated = flat_ids(thinking_ids, "thinking_ids")
-        if self.boi_token_id in generated:
-            generated = generated[: generated.index(self.boi_token_id)]
-        stop = {self.eos_token_id, self.mask_token_id} - {None}
-        for index, token in enumerate(generated):
-            if token in stop:
-                generated = generated[:index]
-                break
-        while generated and (generated[-1] in self._reserved_values or generated[-1] == self.image_start_token_id):
-            last = generated.pop()
-            if last == self.image_start_token_id:
-                break
+        generated = reasoning_ids(flat_ids(thinking_ids, "thinking_ids"), boi_id=self.boi_token_id,
+                                  stop_ids={self.eos_token_id, self.mask_token_id} - {None},
+                                  image_start_id=self.image_start_token_id, size_ids=self._reserved_values)
         h, w = self.generation_grid(height, width, grid)
         return torch.tensor(prompt + generated + self.image_header_ids(h, w), dtype=torch.long)
 

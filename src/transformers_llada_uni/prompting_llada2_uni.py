@@ -235,8 +235,26 @@ def split_ids(ids: list, *, decode, image_start_id: int, image_end_id: int, boi_
     return segments
 
 
+def reasoning_ids(generated: list, *, boi_id: int, stop_ids, image_start_id: int, size_ids) -> list:
+    """The reasoning of thinking-mode text-to-image: the generated ids before the first `<boi>`, cut at the first
+    stop id (EOS, mask, padding), without a header the model had started (`<|image|>` and size tokens)."""
+    if boi_id in generated:
+        generated = generated[: generated.index(boi_id)]
+    for index, token in enumerate(generated):
+        if token in stop_ids:
+            generated = generated[:index]
+            break
+    sizes = set(size_ids)
+    generated = list(generated)
+    while generated and (generated[-1] in sizes or generated[-1] == image_start_id):
+        if generated.pop() == image_start_id:
+            break
+    return generated
+
+
 __all__ = [
     "ASSISTANT_TURN",
+    "reasoning_ids",
     "BOI",
     "DEFAULT_CHAT_TEMPLATE",
     "DEFAULT_SYSTEM_PROMPTS",

@@ -1,0 +1,1 @@
+../../transformers_llada_uni/generation_config_llada2_uni.py

@@ -1,0 +1,1 @@
+../../transformers_llada_uni/generation_tasks_llada2_uni.py
