@@ -576,3 +576,16 @@ def test_bad_init_and_missing_offset():
         no_offset(text="Hi", image_tokens=codes(1, 1))
     with pytest.raises(ValueError, match="`image_token_offset`"):
         no_offset.split_generation([1, 2])
+
+
+def test_input_grids_never_exceed_the_size_tokens(processor):
+    """An image whose understanding or edit grid would need a size token the tokenizer lacks is scaled to fit."""
+    largest = NUM_RESERVED - 1
+    wide = np.zeros((800, 800 * 3, 3), np.uint8)
+    for mode in ("understanding", "edit"):
+        batch = processor(text="Describe it", images=wide, mode=mode)
+        _, h, w = batch["image_grid_thw"][0].tolist()
+        assert max(h, w) <= largest and h * w > 1
+    # The bare image processor (no tokenizer to respect) keeps the release's geometry.
+    _, h, w = processor.image_processor.preprocess([wide], mode="understanding")["image_grid_thw"][0].tolist()
+    assert max(h, w) > largest

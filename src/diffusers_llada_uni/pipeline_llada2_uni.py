@@ -366,7 +366,9 @@ class LLaDA2UniPipeline(DiffusionPipeline):
 
     def _edit_grid(self, source) -> tuple:
         source = self.processor._check_image(source)
-        grid = self.processor.image_processor.preprocess([source], mode="edit", return_tensors="pt")["image_grid_thw"]
+        grid = self.processor.image_processor.preprocess([source], mode="edit", return_tensors="pt",
+                                                         max_grid_side=self.processor.num_reserved_tokens - 1)
+        grid = grid["image_grid_thw"]
         return tuple(int(v) for v in grid[0, 1:])
 
     def _understand(self, image, question, llm):

@@ -182,14 +182,24 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
             raise ValueError(f"`edit_crop` must be 'center' or 'cover', got {edit_crop!r}.")
         return edit_crop
 
-    def fit(self, image, mode: str, num_images: int = 1, edit_crop: Optional[str] = None):
-        """Apply one input path's geometry to an RGB PIL image."""
+    def fit(self, image, mode: str, num_images: int = 1, edit_crop: Optional[str] = None,
+            max_grid_side: Optional[int] = None):
+        """Apply one input path's geometry to an RGB PIL image. `max_grid_side` (tokens) is the largest grid side the
+        prompt can write; a path whose size would exceed it is scaled down to fit (the release tokenizer writes
+        at least 64, more than the 50 of the 800 px limit, so the release's own sizes never change)."""
+        largest = None if max_grid_side is None else max_grid_side * self.patch_size
         if mode == "understanding":
             max_pixels = self.max_pixels if num_images == 1 else self.multi_image_max_pixels
             target = smart_resize(image.height, image.width, self.min_pixels, max_pixels, self.resize_factor)
+            if largest is not None and max(target) > largest:
+                scale = largest / max(target)
+                target = tuple(max(math.floor(side * scale / self.resize_factor) * self.resize_factor,
+                                   self.resize_factor) for side in target)
             return resize_to_cover_and_crop(image, *target, factor=self.resize_factor)
         if mode == "edit":
             candidates = crop_size_candidates(self.edit_max_cells, self.resize_factor, self.edit_max_ratio)
+            if largest is not None:
+                candidates = [size for size in candidates if max(size) <= largest] or candidates
             crop_w, crop_h = best_crop_size(image.width, image.height, candidates)
             if (edit_crop or self.edit_crop) == "cover":
                 return resize_to_cover_and_crop(image, crop_h, crop_w, factor=self.resize_factor)
@@ -222,9 +232,11 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
         do_resize: Optional[bool] = None,
         edit_crop: Optional[str] = None,
         return_tensors="pt",
+        max_grid_side: Optional[int] = None,
         **kwargs,
     ) -> BatchFeature:
-        """`images`: one image or a list. Returns `pixel_values` and `image_grid_thw` (see the class docstring)."""
+        """`images`: one image or a list. Returns `pixel_values` and `image_grid_thw` (see the class docstring).
+        `max_grid_side`: the largest grid side (tokens) the caller's tokenizer can write (see `fit`)."""
         if not isinstance(images, (list, tuple)):
             images = [images]
         if len(images) == 0:
@@ -236,7 +248,8 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
             mode = "none"
         patches, grids = [], []
         for image in images:
-            image = self.fit(to_rgb(image), mode, num_images=len(images), edit_crop=edit_crop)
+            image = self.fit(to_rgb(image), mode, num_images=len(images), edit_crop=edit_crop,
+                             max_grid_side=max_grid_side)
             if image.width < self.patch_size or image.height < self.patch_size:
                 raise ValueError(f"`images`: {image.width}x{image.height} is smaller than one {self.patch_size}-px patch.")
             patches.append(self.patchify(image))

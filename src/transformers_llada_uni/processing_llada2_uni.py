@@ -364,9 +364,8 @@ class LLaDA2UniProcessor(ProcessorMixin):
                 if not sample:
                     continue
                 checked = [self._check_image(image) for image in sample]
-                out = self.image_processor.preprocess(
-                    checked, mode=image_mode, return_tensors="pt", **(images_kwargs or {})
-                )
+                options = {"max_grid_side": self.num_reserved_tokens - 1, **(images_kwargs or {})}
+                out = self.image_processor.preprocess(checked, mode=image_mode, return_tensors="pt", **options)
                 pixel_values.append(out["pixel_values"])
                 grids_thw.append(out["image_grid_thw"])
                 for _, h, w in out["image_grid_thw"].tolist():
