@@ -4,12 +4,20 @@
     python benchmarks/eval_shapes.py --model shapes-model --limit 20   # a quick look
     python benchmarks/eval_shapes.py --model shapes-model --sprint keep_ratio=0.5      # the same with SPRINT
     python benchmarks/eval_shapes.py --model shapes-model --sprint keep_ratio=0.25,image_keep_ratio=1.0
+    python benchmarks/eval_shapes.py --model shapes-model --dtype bfloat16 --no-block-cache   # bf16, full prefix
 
 Text-to-image: the caption of each test scene -> image (turbo decoder) -> `checker.score_t2i` (colour, shape,
 position). Understanding: every question of each test scene, exact match of the answer. Editing: each edit of each
 test scene -> `checker.score_edit` (the asked attribute changed, the rest kept). Tokens per forward pass of
 text-to-image token generation at thresholds 0.95 / 0.9 / 0.7. The last line is one JSON object with `t2i_color`,
-`t2i_shape`, `t2i_position`, `understanding`, `editing` and `tpf_0.9` (and `sprint`, the settings, with --sprint).
+`t2i_shape`, `t2i_position`, `understanding`, `editing` and `tpf_0.9` (and `sprint`, the settings, with --sprint),
+then `tpf_0.95`, `tpf_0.7`, `dtype` and `block_cache` (and `vision_dtype` with --vision-float32).
+
+`--dtype` loads every component of the pipeline (the LLM, its vision tokenizer, the semantic embedder, the Z-Image
+transformer and the VAE) in that dtype; `--no-block-cache` sets `use_block_cache=False` in the LLM's generation
+config, which every task reads, so each step re-runs the whole prefix (the reference the cache must match).
+`--vision-float32` keeps the vision tokenizer in float32 under `--dtype bfloat16` (docs/performance.md: in bf16 its
+quantiser cannot tell apart the shapes codebook's near-identical background codes).
 """
 
 import argparse
@@ -30,6 +38,7 @@ from examples.shapes.dataset import split_scenes  # noqa: E402
 from examples.shapes.world import caption, edits, questions, render  # noqa: E402
 
 SETTINGS = {"decoder": "turbo"}  # every LLM setting: the model's generation_config.json
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def parse_args(argv=None):
@@ -45,6 +54,12 @@ def parse_args(argv=None):
                         "(keep_ratio, image_keep_ratio, text_keep_ratio, confidence_alpha, cache_warmup_steps, "
                         "strategy, threshold, protect_structure, protected_token_ids as ids joined by ';'), e.g. "
                         "keep_ratio=0.5,protect_structure=false")
+    parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES),
+                        help="dtype of every pipeline component (default float32)")
+    parser.add_argument("--no-block-cache", action="store_true",
+                        help="generate without the block cache (every step re-runs the whole prefix)")
+    parser.add_argument("--vision-float32", action="store_true",
+                        help="keep the vision tokenizer (visual, vqmodel) in float32 whatever --dtype says")
     args = parser.parse_args(argv)
     try:
         args.sprint = parse_sprint(args.sprint)
@@ -126,8 +141,14 @@ def main(argv=None):
     if not os.path.isdir(args.model):
         print(f"error: --model {args.model} is not a folder", file=sys.stderr)
         return 2
-    pipe = LLaDA2UniPipeline.from_pretrained(args.model)
+    pipe = LLaDA2UniPipeline.from_pretrained(args.model, dtype=DTYPES[args.dtype])
     pipe.set_progress_bar_config(disable=True)
+    if args.no_block_cache:
+        pipe.mllm.generation_config.use_block_cache = False
+    if args.vision_float32:
+        # get_image_tokens casts pixels to the vision tower's dtype, so the rest of the model may stay in bf16.
+        pipe.mllm.visual.float()
+        pipe.mllm.vqmodel.float()
     if args.sprint is not None:
         use_sprint(pipe.mllm, args.sprint)
     scenes = split_scenes(seed=args.seed)[args.split][: args.limit]
@@ -142,7 +163,9 @@ def main(argv=None):
     result["editing"], edits_count = evaluate_editing(pipe, scenes, args.batch_size)
     timings["editing"] = time.time() - start
     tpf = {threshold: tokens_per_forward(pipe, scenes[:8], threshold) for threshold in (0.95, 0.9, 0.7)}
-    print(f"{len(scenes)} {args.split} scenes, {questions_count} questions, {edits_count} edits"
+    print(f"{len(scenes)} {args.split} scenes, {questions_count} questions, {edits_count} edits, {args.dtype}, "
+          + ("no block cache" if args.no_block_cache else "block cache")
+          + (", vision tokenizer float32" if args.vision_float32 else "")
           + (f", SPRINT {args.sprint}" if args.sprint is not None else ""))
     print("| task | score | wall time |")
     print("|---|---|---|")
@@ -158,6 +181,10 @@ def main(argv=None):
     summary = {key: round(value, 4) for key, value in summary.items()}
     if args.sprint is not None:
         summary["sprint"] = args.sprint
+    summary.update({"tpf_0.95": round(tpf[0.95], 4), "tpf_0.7": round(tpf[0.7], 4), "dtype": args.dtype,
+                    "block_cache": not args.no_block_cache})
+    if args.vision_float32:
+        summary["vision_dtype"] = "float32"
     print(json.dumps(summary))
     return 0
 
