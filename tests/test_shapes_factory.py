@@ -35,8 +35,10 @@ def test_eval_shapes_reports_every_key(tmp_path, capsys):
     folder = save_untrained(tmp_path / "shapes")
     assert main(["--model", str(folder), "--limit", "2", "--split", "validation"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(summary) == {"t2i_color", "t2i_shape", "t2i_position", "understanding", "editing", "tpf_0.9"}
-    assert all(0.0 <= summary[k] <= 1.0 for k in summary if k != "tpf_0.9") and summary["tpf_0.9"] > 0
+    scores = {"t2i_color", "t2i_shape", "t2i_position", "understanding", "editing"}
+    assert set(summary) == scores | {"tpf_0.9", "tpf_0.95", "tpf_0.7", "dtype", "block_cache"}
+    assert all(0.0 <= summary[k] <= 1.0 for k in scores) and min(summary[f"tpf_{t}"] for t in (0.9, 0.95, 0.7)) > 0
+    assert summary["dtype"] == "float32" and summary["block_cache"] is True
 
 
 def test_eval_shapes_passes_sprint_to_every_task(tmp_path, capsys, monkeypatch):
