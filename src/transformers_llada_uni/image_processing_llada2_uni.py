@@ -7,11 +7,16 @@ Three input paths of the original, chosen with `mode`:
   aspect ratio best matches; the faithful default cuts that many pixels out of the unscaled image (black borders
   when it is smaller); `edit_crop="cover"` resizes to cover first (what SGLang-Omni does).
 - "none" (or `do_resize=False`): the image is used as it is; its sides must be multiples of the patch size.
-Pixels are rescaled then normalised in float32 (mean = std = 0.5), exactly as the original tokenizer does; RGBA is
-composited onto white.
+Pixels are rescaled then normalised in float32 (mean = std = 0.5), exactly as the original tokenizer does. Every image
+(file, URL, PIL image or array) first takes one path, `to_rgb`: EXIF orientation applied, 16-bit pixels scaled to 8
+bits, transparency composited onto white.
 """
 
+import base64
+import binascii
+import io
 import math
+import os
 from typing import Optional
 
 import numpy as np
@@ -72,24 +77,88 @@ def best_crop_size(width: int, height: int, candidates: list) -> tuple:
     return max(scored)[1]
 
 
-def to_rgb(image, name: str = "images"):
-    """A PIL RGB image from a PIL image or an HxWx3 / HxWx4 uint8 array; RGBA is composited onto white."""
+def _is_offline() -> bool:
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE as huggingface_hub reads them, at call time (remote code imports only
+    torch and transformers, so the flag is read from the environment rather than from huggingface_hub)."""
+    return any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def load_image(source, name: str = "images"):
+    """The one loader of image files: a path (str or os.PathLike), an http(s) URL or a `data:image/...;base64,` URI ->
+    an opened PIL image, fully read (the file is closed) and not yet converted (`to_rgb` does that, so files and
+    in-memory images take the same conversion). URLs are refused when HF_HUB_OFFLINE=1: offline means no download."""
     from PIL import Image
 
+    text = os.fspath(source)
+    try:
+        if text.startswith(("http://", "https://")):
+            if _is_offline():
+                raise ValueError(f"`{name}`: {text} is a URL but HF_HUB_OFFLINE is set; download the image and pass "
+                                 "the file (or unset HF_HUB_OFFLINE).")
+            import urllib.request
+
+            with urllib.request.urlopen(text, timeout=30) as response:
+                stream = io.BytesIO(response.read())
+        elif text.startswith("data:image/"):
+            stream = io.BytesIO(base64.b64decode(text.partition(",")[2], validate=True))
+        else:
+            stream = open(text, "rb")
+        with stream, Image.open(stream) as opened:
+            opened.load()  # read everything now: a truncated file fails here, not halfway through preprocessing
+            return opened.copy()  # the file closes here; the copy keeps the pixels and `info` (EXIF, transparency)
+    except (OSError, binascii.Error, Image.DecompressionBombError) as exc:  # not the offline refusal above
+        shown = text if len(text) < 200 else text[:60] + "..."
+        raise ValueError(f"`{name}`: cannot read the image {shown}: {exc}") from None
+
+
+def _to_8bit(image):
+    """16-bit and 32-bit single-channel images ("I;16*", "I", "F") as 8-bit "L". Pillow's own convert clips such
+    values at 255, which turns a 16-bit PNG all white. Integers above 255 are read as 16-bit (x / 257); floats in
+    [0, 1] as normalised (x * 255); anything else is taken to be on the 8-bit scale already."""
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        values = values / 257.0
+    else:
+        finite = values[np.isfinite(values)]
+        top = float(finite.max()) if finite.size else 0.0
+        if top > 255:
+            values = values / 257.0
+        elif image.mode == "F" and top <= 1.0:
+            values = values * 255.0
+    values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(image, name: str = "images"):
+    """A PIL RGB image from a PIL image, a path / URL (see `load_image`) or an HxWx3 / HxWx4 uint8 (or uint16)
+    array. Every input takes this one path: EXIF orientation is applied, 16-bit pixels are scaled to 8 bits, and
+    transparency (an alpha band or a `transparency` entry) is composited onto white."""
+    from PIL import Image, ImageOps
+
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(image, name)
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[-1] not in (3, 4) or image.dtype != np.uint8:
+        if image.ndim != 3 or image.shape[-1] not in (3, 4) or image.dtype not in (np.uint8, np.uint16):
             raise ValueError(
-                f"`{name}` arrays must be uint8 with shape [height, width, 3 or 4] (RGB / RGBA); got dtype "
-                f"{image.dtype} and shape {list(image.shape)}."
+                f"`{name}` arrays must be uint8 (or uint16) with shape [height, width, 3 or 4] (RGB / RGBA); got "
+                f"dtype {image.dtype} and shape {list(image.shape)}."
             )
+        if image.dtype == np.uint16:
+            image = np.rint(image / 257.0).astype(np.uint8)
         image = Image.fromarray(image, mode="RGBA" if image.shape[-1] == 4 else "RGB")
     if not isinstance(image, Image.Image):
-        raise ValueError(f"`{name}` must hold PIL images or uint8 arrays, got {type(image).__name__}.")
+        raise ValueError(f"`{name}` must hold PIL images, uint8 arrays or paths, got {type(image).__name__}.")
     if image.width <= 0 or image.height <= 0:
         raise ValueError(f"`{name}` has an empty image ({image.width}x{image.height}).")
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    image = ImageOps.exif_transpose(image)  # a copy without the orientation tag, so applying it twice is harmless
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8bit(image)
+    if "A" in image.getbands() or "a" in image.getbands() or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -267,4 +336,4 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
         return height // pixels_per_token, width // pixels_per_token
 
 
-__all__ = ["LLaDA2UniImageProcessor"]
+__all__ = ["LLaDA2UniImageProcessor", "load_image", "to_rgb"]

@@ -7,16 +7,20 @@ and the default chat template live in `prompting_llada2_uni` (re-exported here),
 from the tokenizer, preprocesses images and writes the prompts as ids.
 
 Text is tokenized by the tokenizer without added special tokens; every image block and header is written as ids.
-Text stretches always end at a special token (`<|image|>`, `<boi>`, `<|/image|>`), which tokenizers split off
-first, so this equals tokenizing the whole prompt string at once.
+Text stretches always end at a special token (`<|image|>`, `<boi>`, `<|/image|>`, `<role>`), which tokenizers split
+off first, so this equals tokenizing the whole prompt string at once. User text is tokenized on its own with special-
+token strings read as plain text (`UserText`), so a user cannot write a control token.
 """
 
+import os
 from typing import Optional
 
 import torch
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
 
+from .image_processing_llada2_uni import load_image
 from .prompting_llada2_uni import (
     ASSISTANT_TURN,
     BOI,
@@ -28,7 +32,9 @@ from .prompting_llada2_uni import (
     MASK,
     MODES,
     RESERVED_PATTERN,
+    TEXT_ROLES,
     UNCONDITION,
+    UserText,
     code_grid,
     flat_ids,
     is_code_item,
@@ -37,7 +43,10 @@ from .prompting_llada2_uni import (
     reasoning_ids,
     split_ids,
     system_turn,
+    word_at,
 )
+
+logger = logging.get_logger(__name__)
 
 _IGNORED_CALL_KWARGS = ("videos", "audio", "return_text_replacement_offsets", "sanitize_control_tokens")
 
@@ -119,6 +128,8 @@ class LLaDA2UniProcessor(ProcessorMixin):
         self.boi_token_id = vocab[BOI]
         self.uncondition_token_id = vocab.get(UNCONDITION)
         self.mask_token_id = vocab.get(MASK)
+        # Ids that only an added token's string can produce (the unknown token comes out of plain text too).
+        self._added_ids = set(self.tokenizer.added_tokens_decoder) - {self.tokenizer.unk_token_id}
         self.eos_token_id = vocab.get(END_OF_TEXT, self.tokenizer.eos_token_id)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else (self.eos_token_id if self.eos_token_id is not None else 0)
@@ -189,12 +200,12 @@ class LLaDA2UniProcessor(ProcessorMixin):
         return h, w
 
     def _check_image(self, image, name: str = "images"):
+        """Read a path / URL with the image processor's `load_image` (the one loader, used by the CLI too; offline
+        refuses URLs) and check the size before any work; pixels are converted later, by `to_rgb`."""
         from PIL import Image
 
-        if isinstance(image, str):
-            from transformers.image_utils import load_image
-
-            image = load_image(image)
+        if isinstance(image, (str, os.PathLike)):
+            image = load_image(image, name)
         if isinstance(image, Image.Image):
             height, width = image.height, image.width
         elif hasattr(image, "shape"):
@@ -216,20 +227,48 @@ class LLaDA2UniProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------ token assembly
 
-    def _tokenize_parts(self, parts: list) -> list:
-        """Concatenate parts: str -> tokenized (adjacent strings merged first), list[int] -> ids as they are."""
+    def _tokenize_parts(self, parts: list, unknown: Optional[dict] = None, raw: bool = False) -> list:
+        """Concatenate parts: str -> tokenized (adjacent template strings merged first), list[int] -> ids as they are,
+        `UserText` -> tokenized on its own with special-token strings read as plain text. Words of user text (of every
+        string with `raw`, a prompt the caller rendered) that the tokenizer maps to its unknown token are collected in
+        `unknown`, for one warning per call."""
         ids, pending = [], []
         for part in parts + [None]:
-            if isinstance(part, str):
+            if isinstance(part, str) and not isinstance(part, UserText):
                 pending.append(part)
                 continue
             if pending:
                 text = "".join(pending)
                 if text:
-                    ids.extend(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                    ids.extend(self._encode(text, user=False, unknown=unknown if raw else None))
                 pending = []
-            if part is not None:
+            if isinstance(part, UserText):
+                ids.extend(self._encode(part, user=True, unknown=unknown))
+            elif part is not None:
                 ids.extend(part)
+        return ids
+
+    def _encode(self, text: str, user: bool, unknown: Optional[dict]) -> list:
+        """Token ids of `text`. User text never yields an added token's id: `<|mask|>`, `<role>` or `<boi>` typed by a
+        user is text, not a control token. It is tokenized on its own, which gives the same ids as tokenizing it
+        inside the template because every template string next to it ends or starts at a special token, where
+        tokenizers cut the text first."""
+        options = {"add_special_tokens": False, "split_special_tokens": user}
+        try:
+            encoded = self.tokenizer(text, return_offsets_mapping=True, **options)
+            offsets = encoded["offset_mapping"]
+        except NotImplementedError:  # python tokenizers give no offsets: unknown words are counted, not named
+            encoded, offsets = self.tokenizer(text, **options), None
+        ids = list(encoded["input_ids"])
+        plain = getattr(self.tokenizer, "_encode_without_added_tokens", None)
+        if user and plain is not None and self._added_ids.intersection(ids):
+            # A non-special added token (split_special_tokens skips special ones only): encode without added tokens.
+            ids, offsets = list(plain(text)), None
+        unk = self.tokenizer.unk_token_id
+        if unknown is not None and unk is not None:
+            for index, token in enumerate(ids):
+                if token == unk:
+                    unknown[word_at(text, offsets[index]) if offsets is not None else "a word"] = None
         return ids
 
     def _image_block(self, image_info: dict) -> list:
@@ -242,12 +281,14 @@ class LLaDA2UniProcessor(ProcessorMixin):
             content = [self.image_token_offset + code for code in image_info["codes"]]
         return header + content + [self.image_end_token_id]
 
-    def _message_parts(self, message: str, blocks: list, name: str, markers_required: bool = False) -> list:
-        """The message with image blocks at its `<image>` markers, or all blocks at its start when it has none."""
-        pieces = message.split(self.image_token)
+    def _message_parts(self, message: str, blocks: list, name: str, markers_required: bool = False,
+                       user: bool = True) -> list:
+        """The message with image blocks at its `<image>` markers, or all blocks at its start when it has none. With
+        `user`, its text pieces are `UserText` (no control tokens can come out of them)."""
+        pieces = [UserText(piece) if user else piece for piece in message.split(self.image_token)]
         markers = len(pieces) - 1
         if markers == 0 and not markers_required:
-            return list(blocks) + ([message] if message else [])
+            return list(blocks) + ([pieces[0]] if message else [])
         if markers != len(blocks):
             raise ValueError(
                 f"`{name}` has {markers} {self.image_token} marker(s) but {len(blocks)} image(s) were given for it."
@@ -352,6 +393,14 @@ class LLaDA2UniProcessor(ProcessorMixin):
             raise ValueError("`text` must be a string or a non-empty list of strings.")
         texts = list(texts)
         batch = len(texts)
+        if mode != "raw":
+            for index, message in enumerate(texts):
+                # An empty question is allowed (the image alone); every other blank text would reach the model as
+                # an empty prompt and fail later with an unrelated message.
+                if not message.strip() and (message or mode != "understanding"):
+                    name = "text" if single else f"text[{index}]"
+                    raise ValueError(f"`{name}` (the {TEXT_ROLES[mode]}) is empty or only whitespace; give it in "
+                                     "words.")
 
         # ---- images: one list of {"grid", "codes", "name"} per sample
         if mode == "t2i" and (images is not None or image_tokens is not None):
@@ -401,6 +450,7 @@ class LLaDA2UniProcessor(ProcessorMixin):
 
         # ---- templates
         rows = {"input_ids": []}
+        unknown = {}  # words the tokenizer does not know, collected over every row of this call
         uncond_wanted = mode in ("t2i", "edit", "interleaved") and return_uncond
         if uncond_wanted:
             self._require_uncondition()
@@ -411,19 +461,19 @@ class LLaDA2UniProcessor(ProcessorMixin):
             name = "text" if single else f"text[{index}]"
             blocks = [self._image_block(info) for info in infos[index]]
             if mode == "raw":
-                parts = self._message_parts(message, blocks, name, markers_required=True)
-                rows["input_ids"].append(self._tokenize_parts(parts))
+                parts = self._message_parts(message, blocks, name, markers_required=True, user=False)
+                rows["input_ids"].append(self._tokenize_parts(parts, unknown, raw=True))
                 continue
             if mode == "understanding":
                 sys = self._system_prompt("understanding", system_prompt)
                 parts = [system_turn(sys)] + self._message_parts(message, blocks, name) + [ASSISTANT_TURN]
-                rows["input_ids"].append(self._tokenize_parts(parts))
+                rows["input_ids"].append(self._tokenize_parts(parts, unknown))
                 continue
             if mode == "interleaved":
                 sys = self._system_prompt("interleaved", system_prompt)
                 prefix, suffix = system_turn(sys), [ASSISTANT_TURN]
                 rows["input_ids"].append(self._tokenize_parts([prefix] + self._message_parts(message, blocks, name)
-                                                              + suffix))
+                                                              + suffix, unknown))
                 if uncond_wanted:
                     rows["uncond_input_ids"].append(self._tokenize_parts([prefix] + blocks + [UNCONDITION] + suffix))
                 continue
@@ -433,8 +483,8 @@ class LLaDA2UniProcessor(ProcessorMixin):
                     raise ValueError(f"`{name}` has {self.image_token} markers but mode 't2i' takes no images.")
                 sys = self._system_prompt("t2i_thinking" if thinking else "t2i", system_prompt)
                 prefix = system_turn(sys)
-                cond = [prefix, message, ASSISTANT_TURN] + ([] if thinking else [header])
-                rows["input_ids"].append(self._tokenize_parts(cond))
+                cond = [prefix, UserText(message), ASSISTANT_TURN] + ([] if thinking else [header])
+                rows["input_ids"].append(self._tokenize_parts(cond, unknown))
                 if uncond_wanted:
                     # Thinking phase 2: the reference ports write this row without the spaces around the system text.
                     uncond = [system_turn(sys, spaced=not thinking), UNCONDITION, ASSISTANT_TURN, header]
@@ -445,7 +495,7 @@ class LLaDA2UniProcessor(ProcessorMixin):
             prefix = system_turn(sys)
             suffix = [ASSISTANT_TURN, header]
             cond = [prefix] + self._message_parts(message, blocks, name) + suffix
-            rows["input_ids"].append(self._tokenize_parts(cond))
+            rows["input_ids"].append(self._tokenize_parts(cond, unknown))
             if uncond_wanted:
                 rows["uncond_input_ids"].append(self._tokenize_parts([prefix] + blocks + [UNCONDITION] + suffix))
             if image_cfg:
@@ -453,6 +503,9 @@ class LLaDA2UniProcessor(ProcessorMixin):
                 parts = [prefix] + self._message_parts(message, bare, name) + suffix
                 rows["uncond_image_input_ids"].append(self._tokenize_parts(parts))
 
+        if unknown:
+            logger.warning(f"the tokenizer does not know {', '.join(map(repr, unknown))}: the model reads "
+                           f"{self.tokenizer.unk_token} there and cannot follow those words.")
         if add_bos:
             bos = self.tokenizer.bos_token_id
             if bos is None:

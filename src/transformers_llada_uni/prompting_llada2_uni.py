@@ -45,6 +45,22 @@ DEFAULT_SYSTEM_PROMPTS = {
 }
 MODES = ("understanding", "t2i", "edit", "interleaved", "raw")
 ASSISTANT_TURN = "<role>ASSISTANT</role>"
+# What the user's text is in each templated mode, for messages about it.
+TEXT_ROLES = {"understanding": "question", "t2i": "prompt", "edit": "instruction", "interleaved": "text"}
+
+
+class UserText(str):
+    """Text a user wrote (question, prompt, instruction): tokenized with special-token strings read as plain text."""
+
+
+def word_at(text: str, span) -> str:
+    """The whitespace-delimited word of `text` around the character span (start, end) of one token."""
+    start, end = span
+    while start > 0 and not text[start - 1].isspace():
+        start -= 1
+    while end < len(text) and not text[end].isspace():
+        end += 1
+    return text[start:end]
 
 
 def system_turn(system_prompt: str, *, spaced: bool = True) -> str:
@@ -264,7 +280,9 @@ __all__ = [
     "MASK",
     "MODES",
     "RESERVED_PATTERN",
+    "TEXT_ROLES",
     "UNCONDITION",
+    "UserText",
     "code_grid",
     "flat_ids",
     "is_code_item",
@@ -272,4 +290,5 @@ __all__ = [
     "per_sample",
     "split_ids",
     "system_turn",
+    "word_at",
 ]
