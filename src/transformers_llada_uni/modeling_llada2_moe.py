@@ -449,6 +449,193 @@ class LLaDA2MoePreTrainedModel(PreTrainedModel):
             if isinstance(module, LLaDA2MoeExperts):
                 module.backend = backend
 
+    # ------------------------------------------------------------------ strict loading
+    # transformers loads a checkpoint whose config and weights disagree (layers added or dropped, shapes changed) with
+    # random or discarded weights and only a printed report; a converted folder is meant to load exactly, so anything
+    # short of that is an error naming the file and the key, and so are unreadable files and non-finite weights.
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, strict: raises `OSError` for a truncated or corrupt safetensors file and
+        `ValueError` for an impossible config value, a weight the model lacks or the checkpoint lacks, a shape
+        mismatch (unless `ignore_mismatched_sizes=True`) or a NaN / inf weight, naming the file and the key.
+        Weights left on the meta device (disk offload) are not read for the finite check."""
+        import os
+
+        return_info = kwargs.pop("output_loading_info", False)
+        tolerate_mismatch = bool(kwargs.get("ignore_mismatched_sizes", False))
+        source = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else None
+        folder = None
+        if source is not None:
+            folder = os.path.join(source, kwargs.get("subfolder") or "")
+            folder = folder if os.path.isdir(folder) else None
+        files = cls._strict_weight_files(folder, kwargs.get("variant")) if folder else {}
+        config = kwargs.get("config")
+        if hasattr(config, "get_text_config"):
+            cls._strict_check_config(config, source)
+        # Mismatched shapes come back in the loading info (and are raised below with their keys) instead of
+        # transformers' error that points at a printed report.
+        kwargs["ignore_mismatched_sizes"] = True
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
+                                                  output_loading_info=True, **kwargs)
+        except Exception as error:
+            if type(error).__name__ == "SafetensorError":
+                raise OSError(f"{source}: a safetensors file cannot be read ({error}); the download or conversion "
+                              "was cut short or the file is corrupt: fetch or convert it again.") from error
+            raise
+        cls._strict_check_config(model.config, source)
+        cls._strict_check_keys(info, source, tolerate_mismatch)
+        cls._strict_check_finite(model, source, files)
+        return (model, info) if return_info else model
+
+    @staticmethod
+    def _strict_weight_files(folder: str, variant=None) -> dict:
+        """{checkpoint key: file} of a local folder's safetensors weights, after checking each file's header and size
+        (a truncated or corrupt file is an `OSError` naming it and the first tensor it cannot hold)."""
+        import json
+        import os
+
+        def named(name):  # transformers' variant naming: model.safetensors -> model.VARIANT.safetensors
+            parts = name.split(".")
+            return ".".join(parts[:-1] + [variant, parts[-1]]) if variant else name
+
+        index = os.path.join(folder, named("model.safetensors.index.json"))
+        single = os.path.join(folder, named("model.safetensors"))
+        if os.path.isfile(index):
+            try:
+                with open(index, encoding="utf-8") as handle:
+                    weight_map = dict(json.load(handle)["weight_map"])
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise OSError(f"{index}: not a readable safetensors index ({error}).") from None
+            names = sorted(set(weight_map.values()))
+        elif os.path.isfile(single):
+            weight_map, names = None, [os.path.basename(single)]
+        else:
+            return {}
+        keys = {}
+        for name in names:
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path):
+                raise OSError(f"{path} is missing: {os.path.basename(index)} lists weights in it.")
+            for key in LLaDA2MoePreTrainedModel._strict_read_header(path):
+                keys[key] = path
+        for key, name in (weight_map or {}).items():
+            if keys.get(key) != os.path.join(folder, name):
+                raise OSError(f"{index} puts `{key}` in {name}, which does not hold it.")
+        return keys
+
+    @staticmethod
+    def _strict_read_header(path: str) -> list:
+        """The tensor names of one safetensors file, after checking that its header parses and that every tensor's
+        bytes lie inside the file (the format: an 8-byte little-endian header length, a JSON header, the data)."""
+        import json
+        import os
+
+        itemsize = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+                    "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+        size = os.path.getsize(path)
+        try:
+            with open(path, "rb") as handle:
+                length = int.from_bytes(handle.read(8), "little")
+                if size < 8 or length > size - 8:
+                    raise ValueError(f"its header claims {length} bytes but the file has {size}")
+                header = json.loads(handle.read(length))
+        except (OSError, ValueError, UnicodeDecodeError) as error:
+            raise OSError(f"{path}: not a readable safetensors file ({error}); convert or download it again.") from None
+        if not isinstance(header, dict):
+            raise OSError(f"{path}: not a readable safetensors file (its header is not a JSON object).")
+        data = size - 8 - length
+        for key, entry in header.items():
+            if key == "__metadata__":
+                continue
+            try:
+                begin, end = (int(v) for v in entry["data_offsets"])
+                count = 1
+                for side in entry["shape"]:
+                    count *= int(side)
+                expected = count * itemsize.get(entry["dtype"], end - begin)
+            except (KeyError, TypeError, ValueError):
+                raise OSError(f"{path}: the header entry of `{key}` is malformed; convert or download it again.") \
+                    from None
+            if end > data:
+                raise OSError(f"{path} is truncated: `{key}` needs bytes up to {end} of the data, the file holds "
+                              f"{data}; convert or download it again.")
+            if end - begin != expected or begin < 0:
+                raise OSError(f"{path}: `{key}` takes {end - begin} bytes but its shape and dtype need {expected}.")
+        return [key for key in header if key != "__metadata__"]
+
+    @staticmethod
+    def _strict_check_config(config, source):
+        """Values the config class lets through but no model can use (non-finite or non-positive scales)."""
+        import math
+
+        text = config.get_text_config()
+        names = ["rms_norm_eps", "rope_theta"]
+        if text.first_k_dense_replace < text.num_hidden_layers:
+            names.append("routed_scaling_factor")
+        for name in names:
+            value = getattr(text, name, None)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                where = f"{source}/config.json" if source else "the config"
+                raise ValueError(f"{where}: `{name}` must be a finite number > 0, got {value!r}.")
+
+    @classmethod
+    def _strict_check_keys(cls, info: dict, source, tolerate_mismatch: bool):
+        import re
+
+        ignored = [re.compile(pattern) for pattern in (cls._keys_to_ignore_on_load_missing or [])]
+        missing = sorted(key for key in info.get("missing_keys", ()) if not any(p.search(key) for p in ignored))
+        unexpected = sorted(info.get("unexpected_keys", ()))
+        mismatched = [] if tolerate_mismatch else sorted(info.get("mismatched_keys", ()))
+        where = source or "the state dict"
+        if missing or unexpected or mismatched or info.get("error_msgs"):
+            lines = []
+            if missing:
+                lines.append(f"{len(missing)} weight(s) the config needs are not in the checkpoint (would be random): "
+                             f"{cls._strict_shorten(missing)}")
+            if unexpected:
+                lines.append(f"{len(unexpected)} stored weight(s) the config has no place for (would be dropped): "
+                             f"{cls._strict_shorten(unexpected)}")
+            if mismatched:
+                shown = [f"{key} (stored {tuple(stored)}, config needs {tuple(wanted)})"
+                         for key, stored, wanted in mismatched[:3]]
+                lines.append(f"{len(mismatched)} weight(s) of another shape: {'; '.join(shown)}")
+            lines.extend(str(message) for message in info.get("error_msgs", ()))
+            raise ValueError(f"{where}: config.json and the weights disagree: " + "; ".join(lines) + ". Re-convert "
+                             "the checkpoint, or fix config.json (e.g. `num_hidden_layers`) to match its weights.")
+
+    @staticmethod
+    def _strict_shorten(keys: list, shown: int = 4) -> str:
+        return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+    @staticmethod
+    def _strict_check_finite(model, source, files: dict):
+        """Refuse NaN / inf in any loaded floating-point tensor, naming the first one and its file. NaN and inf survive
+        a sum, so each 16M-element chunk costs one float32 sum (bounded memory, one device sync per tensor); only a
+        chunk whose sum is not finite is looked at element by element (a finite weight can overflow a sum)."""
+        chunk, seen = 1 << 24, set()
+        named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+        for key, tensor in named:
+            if id(tensor) in seen or tensor is None or not tensor.is_floating_point() or tensor.device.type == "meta":
+                continue
+            seen.add(id(tensor))
+            flat = tensor.detach().reshape(-1)
+            wide = torch.float64 if flat.dtype == torch.float64 else torch.float32
+            starts = range(0, flat.numel(), chunk)
+            sums = torch.stack([flat[i:i + chunk].to(wide).sum() for i in starts]) if flat.numel() else None
+            if sums is None or bool(torch.isfinite(sums).all()):
+                continue
+            if all(bool(torch.isfinite(flat[i:i + chunk].to(wide)).all()) for i in starts):
+                continue
+            origin = files.get(key) or (f"{source}" if source else "the state dict")
+            if key not in files and key.rsplit(".", 1)[-1] in ("inv_freq", "original_inv_freq"):
+                origin = f"{source}/config.json (rope settings)" if source else "the config's rope settings"
+            raise ValueError(f"{origin}: `{key}` holds NaN or inf values; the checkpoint is damaged (re-convert or "
+                             "re-download it).")
 
 def _init(name, tensor, **kwargs):
     # transformers' init helpers skip tensors already loaded from a checkpoint; fall back to torch's where absent.
