@@ -387,7 +387,11 @@ def test_existing_output_needs_overwrite(source, tmp_path):
     (out / "marker.txt").write_text("keep me")
     with pytest.raises(ConversionError, match="already exists"):
         convert(source, out, quiet=True)
+    # --overwrite replaces only a checkpoint folder: a folder of other files is refused, untouched.
+    with pytest.raises(ConversionError, match="not a LLaDA2 checkpoint folder"):
+        convert(source, out, overwrite=True, quiet=True)
     assert _listing(out) == ["marker.txt"] and _listing(tmp_path) == ["out"]
+    (out / "config.json").write_text('{"model_type": "llada2_uni"}')
     convert(source, out, overwrite=True, quiet=True)
     assert not (out / "marker.txt").exists() and (out / "config.json").is_file()
     assert _listing(tmp_path) == ["out"]  # no temporary or backup folder left

@@ -230,6 +230,7 @@ def test_refusals_leave_nothing_behind(case, source, converted, tmp_path):
     if case == "existing_output":
         output.mkdir()
         (output / "keep.txt").write_text("mine")
+        (output / "config.json").write_text('{"model_type": "llada2_moe"}')  # a checkpoint: --overwrite may replace it
     before = files_under(out_parent)
     message = {"missing": "does not exist", "original_layout": "original layout already",
                "existing_output": "already exists", "corrupt_shard": "cannot read"}[case]
