@@ -2,8 +2,8 @@
 
 Rows (text, understanding, text-to-image, editing; formats in docs/finetuning.md) come from a `datasets` folder
 (`save_to_disk`), a local json / jsonl / csv / parquet file, or a Hub dataset name. Every `TrainingArguments` flag
-works (`--learning_rate`, `--max_steps`, `--bf16`, `--gradient_checkpointing`, `--logging_steps`, ...). The adapter
-and the processor are written to `--output_dir`.
+works (`--learning_rate`, `--max_steps`, `--bf16`, `--gradient_checkpointing`, `--logging_steps`, ...). The adapter,
+the processor and a model card that says how to load them (README.md) are written to `--output_dir`.
 
 Single process:
     python examples/finetune_lora.py --model path/to/converted --dataset path/to/dataset --output_dir lora-out \
@@ -32,7 +32,7 @@ import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from transformers_llada_uni import LLaDA2UniDataCollator, LLaDA2UniForConditionalGeneration, LLaDA2UniProcessor
-from transformers_llada_uni.peft_llada2_uni import PRESETS, get_lora_model
+from transformers_llada_uni.peft_llada2_uni import PRESETS, finish_adapter_folder, get_lora_model
 from transformers_llada_uni.training_llada2_uni import OBJECTIVES, WEIGHTINGS
 
 
@@ -167,6 +167,8 @@ def main():
         print(f"[rank {training.process_index}/{training.world_size}] adapter state written", file=sys.stderr)
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(output_dir))
+        # save_model left PEFT's blank README.md: write the card, and an adapter_config.json that loads plugin-free.
+        finish_adapter_folder(output_dir, adapter_id=training.hub_model_id)
         print(f"adapter saved to {output_dir}", flush=True)
 
 
