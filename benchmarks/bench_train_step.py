@@ -6,8 +6,13 @@ warm-up step.
 
     python benchmarks/bench_train_step.py                  # the 73.8M default model, batch 2 x 256, fp32
     python benchmarks/bench_train_step.py --quick          # the tiny model (smoke test)
+    python benchmarks/bench_train_step.py --device cuda --preset mid --dtype bf16 --lora default --backends auto
+                                                           # a LoRA step on a GPU: time and peak memory
 
-The last line is one JSON object with the milliseconds per step of each backend and `loop_vs_grouped`.
+The last line is one JSON object with the milliseconds per step of each backend and `loop_vs_grouped` (when both
+ran). `--lora PRESET` puts the adapters of that `get_lora_model` preset on the model and times forward, backward and
+an AdamW step of the adapters; on CUDA `peak_mib` is the allocator's peak during one such step (weights, adapters,
+their optimizer state, activations) and `weights_mib` what was allocated before it.
 """
 
 import argparse
@@ -35,6 +40,10 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--preset", default=None, help="bench_generate's model preset (default / mid / quick)")
+    parser.add_argument("--lora", default=None, metavar="PRESET", help="train LoRA adapters of this preset instead")
+    parser.add_argument("--backends", default="auto,loop", help="comma-separated experts backends to time")
     args = parser.parse_args(argv)
     args.length = args.length or (64 if args.quick else 256)
     if args.batch < 1 or args.length < 2:
@@ -47,32 +56,57 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     tune_malloc()
-    settings = model_args((["--quick"] if args.quick else []) + ["--dtype", args.dtype])
-    times = {}
-    for backend in ("auto", "loop"):
+    flags = (["--quick"] if args.quick else []) + ["--dtype", args.dtype, "--device", args.device]
+    settings = model_args(flags + (["--preset", args.preset] if args.preset else []))
+    cuda = torch.device(args.device).type == "cuda"
+    times, memory = {}, {}
+    for backend in args.backends.split(","):
         model = build_model(settings, torch).train()
         model.set_experts_backend(backend)
+        optimizer = None
+        if args.lora:
+            from transformers_llada_uni.peft_llada2_uni import get_lora_model
+
+            model = get_lora_model(model, args.lora)
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         vocab = model.config.vocab_size
         ids = torch.randint(0, vocab - 8, (args.batch, args.length), generator=torch.Generator().manual_seed(0))
+        ids = ids.to(args.device)
 
         def step():
             model.zero_grad(set_to_none=True)
             model(input_ids=ids, labels=ids).loss.backward()
+            if optimizer is not None:
+                optimizer.step()
+            if cuda:
+                torch.cuda.synchronize()
 
-        step()
+        step()  # warm-up; also creates the optimizer state, so the peak below is a steady-state step's
+        if cuda:
+            memory["weights_mib"] = round(torch.cuda.memory_allocated() / 2**20, 1)
+            torch.cuda.reset_peak_memory_stats()
         best = float("inf")
         for _ in range(args.repeats):
             start = time.perf_counter()
             step()
             best = min(best, time.perf_counter() - start)
         times[backend] = best
-    params = sum(p.numel() for p in model.parameters())
+        if cuda:
+            memory["peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        params = sum(p.numel() for p in model.parameters())
+        del model, optimizer
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {params / 1e6:.1f}M-parameter random MoE, "
-          f"batch {args.batch} x {args.length}, {args.dtype}, best of {args.repeats}")
+          f"batch {args.batch} x {args.length}, {args.dtype}, {args.device}, best of {args.repeats}"
+          + (f", LoRA preset {args.lora}" if args.lora else ""))
     for backend, seconds in times.items():
         print(f"{backend}: {seconds * 1e3:.0f} ms per step")
-    print(json.dumps({"auto_ms": round(times["auto"] * 1e3, 1), "loop_ms": round(times["loop"] * 1e3, 1),
-                      "loop_vs_grouped": round(times["loop"] / times["auto"], 3)}))
+    summary = {f"{backend}_ms": round(seconds * 1e3, 1) for backend, seconds in times.items()}
+    if "auto" in times and "loop" in times:
+        summary["loop_vs_grouped"] = round(times["loop"] / times["auto"], 3)
+    if args.lora:
+        summary["lora"] = args.lora
+    summary.update(memory)
+    print(json.dumps(summary))
     return 0
 
 
