@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script: make `conversion.*` importable
 import torch  # noqa: E402
 
 from conversion.checkpoint_io import ConversionError, exit_status, parse_size  # noqa: E402
+from conversion.hub_source import fetch_original, looks_like_repo_id  # noqa: E402
 from conversion.decoder_checkpoint import (  # noqa: E402
     PIXEL_COMPONENTS,
     plan_pixel,
@@ -43,6 +44,23 @@ DTYPES = {"keep": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp3
 # the pixel side, written as diffusers subfolders.
 COMPONENTS = {"llm": "config.json", "image_tokenizer": IMAGE_TOKENIZER_DIR,
               **{name: ORIGINAL_PIXEL_PATHS[component] for name, component in PIXEL_COMPONENTS.items()}}
+
+
+def _requested(components):
+    if isinstance(components, str):
+        return [part.strip() for part in components.split(",") if part.strip()]
+    return list(components) if components else None
+
+
+def write_card(original: Path, staging: Path, source_name: str, components):
+    """The model card: Hub metadata (license and tags of the source's card) and snippets for both loaders."""
+    from diffusers_llada_uni.model_card import card_metadata, write_model_card
+
+    carried = card_metadata(original / "README.md")
+    base_model = source_name if looks_like_repo_id(source_name) else carried.get("base_model")
+    kind = "uni" if "image_tokenizer" in components else "llm"
+    write_model_card(staging, base_model=base_model, license=carried.get("license"), tags=carried.get("tags", ()),
+                     kind=kind, overwrite=True)
 
 
 def _resolve_components(original: Path, components):
@@ -100,13 +118,14 @@ def _resolve_dtype(dtype):
 
 
 def convert(original, output, *, dtype="keep", max_shard_size="5GB", overwrite=False, verify=False, quiet=False,
-            components=None):
+            components=None, hub_kwargs=None):
     """Convert the original checkpoint folder `original` into `output`; returns the output `Path`.
 
     Args:
         original: a LLaDA2 snapshot (config.json, safetensors weights, tokenizer files) or a LLaDA2.0-Uni root (its
             LLM and image tokenizer are converted into one composite model; its SigVQ embedding, decoders and VAE
-            into diffusers subfolders beside it).
+            into diffusers subfolders beside it); a folder or a Hub repo id (only the files the selected components
+            need are fetched; `hub_kwargs`: revision, cache_dir, token, local_files_only).
         output: the folder to create. It must not exist unless `overwrite=True`.
         dtype: "bf16", "fp32" or "keep" (as stored) for the floating weights of every part; `expert_bias` always
             stays float32.
@@ -123,6 +142,11 @@ def convert(original, output, *, dtype="keep", max_shard_size="5GB", overwrite=F
     Raises `ConversionError` with a one-line reason; then neither `output` nor a temporary folder is left behind.
     """
     log = (lambda message: None) if quiet else (lambda message: print(message, flush=True))
+    source_name = str(original)
+    if looks_like_repo_id(source_name):
+        selected = _requested(components) or list(COMPONENTS)
+        original = fetch_original(source_name, [COMPONENTS[name] for name in selected if name != "llm"],
+                                  **(hub_kwargs or {}))
     original = Path(original).expanduser().resolve()
     output = Path(os.path.abspath(Path(output).expanduser()))
     options = {"dtype": _resolve_dtype(dtype), "max_bytes": parse_size(max_shard_size), "verify": verify}
@@ -137,8 +161,9 @@ def convert(original, output, *, dtype="keep", max_shard_size="5GB", overwrite=F
             log(f"note: {original} is a LLaDA2.0-Uni folder; not converted (yet): "
                 f"{', '.join(name + '/' if (original / name).is_dir() else name for name in skipped)} "
                 "(not selected; see --components)")
-        log(f"converting {original} -> {output} ({' + '.join(options['components'])})")
+        log(f"converting {source_name} -> {output} ({' + '.join(options['components'])})")
         _convert_components(original, staging, options, log)
+        write_card(original, staging, source_name, options["components"])
     log(f"done: {output}")
     return output
 
@@ -148,7 +173,10 @@ def main(argv=None) -> int:
         description="Convert an original LLaDA2 / LLaDA2.0-Uni checkpoint to this project's transformers / diffusers "
                     "layout.",
     )
-    parser.add_argument("--original", required=True, help="folder of the original snapshot (config.json + weights)")
+    parser.add_argument("--original", required=True,
+                        help="folder of the original snapshot (config.json + weights), or its Hub repo id "
+                             "(e.g. inclusionAI/LLaDA2.0-Uni; only the files needed are downloaded)")
+    parser.add_argument("--revision", default=None, help="Hub revision of --original (a branch, tag or commit)")
     parser.add_argument("--output", required=True, help="folder to create")
     parser.add_argument("--dtype", default="keep", choices=["bf16", "fp32", "keep"],
                         help="dtype of the floating weights (default: keep as stored; expert_bias stays float32)")
@@ -164,7 +192,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     return exit_status(lambda: convert(args.original, args.output, dtype=args.dtype,
                                        max_shard_size=args.max_shard_size, overwrite=args.overwrite,
-                                       verify=args.verify, quiet=args.quiet, components=args.components))
+                                       verify=args.verify, quiet=args.quiet, components=args.components,
+                                       hub_kwargs={"revision": args.revision}))
 
 
 if __name__ == "__main__":

@@ -246,6 +246,7 @@ def write_pixel(parts, dst: Path, max_bytes: int, log) -> set:
 def write_index(dst: Path, composite: bool, written: set, log):
     """model_index.json listing what this run wrote; only with a pixel part (else the root is a plain transformers
     folder, as before). The root counts as the pipeline's `mllm` only when it is the composite model."""
+    from diffusers_llada_uni.hub_files import write_pipeline_files
     from diffusers_llada_uni.hub_layout import MODEL_INDEX, write_model_index
 
     if not written:
@@ -255,7 +256,9 @@ def write_index(dst: Path, composite: bool, written: set, log):
         present.add("mllm")
         if (dst / "processor_config.json").is_file():
             present.add("processor")
-    write_model_index(dst, present)
+        write_pipeline_files(dst, present)  # the code files diffusers loads the folder with, and model_index.json
+    else:
+        write_model_index(dst, present)
     log(f"{MODEL_INDEX}: {', '.join(sorted(present))}")
 
 

@@ -197,15 +197,11 @@ def _plan_image_tokenizer(hf_dir, config, source, image_keys, expected, requeste
 
 
 def _subfolders(hf_dir: Path) -> dict:
-    """Pixel-side pipeline component -> converted subfolder (model_index.json's `_subfolders` when it names them)."""
-    from diffusers_llada_uni.hub_layout import MODEL_INDEX, SUBFOLDERS
+    """Pixel-side pipeline component -> converted subfolder (the layout table; an earlier conversion's folders)."""
+    from diffusers_llada_uni.hub_layout import read_subfolders
 
-    subfolders = {name: SUBFOLDERS[name] for name in ORIGINAL_PIXEL_PATHS}
-    index = hf_dir / MODEL_INDEX
-    if index.is_file():
-        named = _read_json(index).get("_subfolders") or {}
-        subfolders.update({k: v for k, v in named.items() if k in subfolders and isinstance(v, str)})
-    return subfolders
+    subfolders = read_subfolders(hf_dir)
+    return {name: subfolders[name] for name in ORIGINAL_PIXEL_PATHS}
 
 
 def _plan_pixel(hf_dir: Path, requested, log, stack):

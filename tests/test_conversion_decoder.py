@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from conversion.checkpoint_io import ConversionError
 from conversion.convert_llada2_uni_to_hf import convert, main
-from diffusers_llada_uni.hub_layout import SCHEDULER_SETTINGS, SUBFOLDERS
+from diffusers_llada_uni.hub_layout import CODE_FILES, ROOT_CODE_FILES, SCHEDULER_SETTINGS, SUBFOLDERS
 from diffusers_llada_uni.scheduling_llada2_uni import LLaDA2UniFlowMatchEulerScheduler
 from diffusers_llada_uni.semantic_embedder import LLaDA2UniSemanticEmbedder
 
@@ -68,14 +68,17 @@ def _sigvq(source):
 
 def test_layout_and_model_index(converted):
     assert PIXEL_FOLDERS <= {p.name for p in converted.iterdir() if p.is_dir()}
+    code = {name: [file_name] for name, file_name in CODE_FILES.items()}  # diffusers' custom-component files
     for name in MODEL_FOLDERS:
-        assert sorted(p.name for p in (converted / name).iterdir()) == ["config.json",
-                                                                        "diffusion_pytorch_model.safetensors"]
+        assert sorted(p.name for p in (converted / name).iterdir()) == sorted(
+            ["config.json", "diffusion_pytorch_model.safetensors", *code.get(name, [])])
     assert not list(converted.glob(".*")) and not (converted / "decoder-turbo").exists()
     index = json.loads((converted / "model_index.json").read_text())
-    assert index["_class_name"] == "LLaDA2UniPipeline" and index["_subfolders"] == SUBFOLDERS
+    assert index["_class_name"] == ["pipeline_llada2_uni", "LLaDA2UniPipeline"] and "_subfolders" not in index
     assert all(index[name][0] is not None for name in SUBFOLDERS), index
     assert index["transformer_turbo"] == ["diffusers", "ZImageTransformer2DModel"]
+    assert all((converted / name).is_file() for name in ROOT_CODE_FILES)
+    assert "library_name: transformers" in (converted / "README.md").read_text()
 
 
 @pytest.mark.parametrize("folder", sorted(DECODERS))
@@ -171,7 +174,9 @@ def test_bf16_applies_to_the_pixel_parts_and_verify(source, tmp_path, capsys):
 def test_llm_and_image_tokenizer_only_give_the_old_output(source, converted, tmp_path, capsys):
     out = convert(source, tmp_path / "out", components="llm,image_tokenizer")
     assert f"not converted (yet): {SIGVQ}, decoder/, decoder-turbo/, vae/" in capsys.readouterr().out
-    root_files = sorted(p.name for p in converted.iterdir() if p.is_file() and p.name != "model_index.json")
+    # The composite alone is a plain transformers folder: no model_index.json and no diffusers code files.
+    pipeline_files = {"model_index.json", *ROOT_CODE_FILES}
+    root_files = sorted(p.name for p in converted.iterdir() if p.is_file() and p.name not in pipeline_files)
     assert sorted(p.name for p in out.iterdir()) == root_files
     assert (out / "config.json").read_bytes() == (converted / "config.json").read_bytes()
     _assert_equal(_folder_tensors(out), _folder_tensors(converted))

@@ -146,9 +146,10 @@ def _three_tasks(pipe, picture):
 def test_save_and_reload_round_trip(pipe, picture, tmp_path):
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["_class_name"] == "LLaDA2UniPipeline"
+    assert index["_class_name"] == ["pipeline_llada2_uni", "LLaDA2UniPipeline"]  # diffusers imports the root file
     assert index["transformer_turbo"] == ["diffusers", "ZImageTransformer2DModel"]
-    assert index["_subfolders"] == SUBFOLDERS
+    assert "_subfolders" not in index and (tmp_path / "pipeline_llada2_uni.py").is_file()
+    assert (tmp_path / "README.md").read_text().startswith("---\nlibrary_name: transformers")
     # Every weight lives in exactly one file.
     weight_files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.safetensors"))
     models = ("semantic_embedder", "transformer", "transformer_turbo", "vae")
@@ -245,7 +246,7 @@ def test_bad_task_inputs(pipe, picture, call, match):
 
 
 def test_missing_parts_are_named(tmp_path, converted):
-    with pytest.raises(ValueError, match="not a folder"):
+    with pytest.raises(ValueError, match="neither a folder nor a Hub repo id"):
         LLaDA2UniPipeline.from_pretrained(tmp_path / "absent")
     with pytest.raises(ValueError, match="transformers model"):
         LLaDA2UniPipeline.from_pretrained(tmp_path)

@@ -63,16 +63,11 @@ def test_edits_its_own_drawings(pipe):
     assert sum(done) >= 7, done  # the model before it trained on its own drawings: 40% of such edits
 
 
-def test_shipped_remote_code_is_the_package_code():
-    """The shipped folder carries the remote-code files (`trust_remote_code=True` loads them) as links to the package
-    sources; a link replaced by a copy must not go stale."""
-    from pathlib import Path
+def test_shipped_code_files_are_the_package_code():
+    """The shipped folder carries real copies of the remote code (transformers at the root, the diffusers pipeline
+    files at the root and in the component folders), so a plain copy loads without the package; none may be stale."""
+    from examples.shapes.sync_code import expected_files, stale_files
 
-    import transformers_llada_uni
-    from llada_uni_shapes import model_path
-
-    source = Path(transformers_llada_uni.__file__).parent
-    stale = [path.name for path in sorted(model_path().glob("*.py"))
-             if path.read_text() != (source / path.name).read_text()]
-    assert not stale, ("link them to the package sources again: cd src/llada_uni_shapes/model && "
-                       + "; ".join(f"ln -sf ../../transformers_llada_uni/{n} {n}" for n in stale))
+    assert len(expected_files()) >= 20
+    stale = stale_files()
+    assert not stale, f"stale copies {stale}: run `python examples/shapes/sync_code.py`"

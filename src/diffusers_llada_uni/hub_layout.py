@@ -1,9 +1,12 @@
-"""Where each part of a converted LLaDA2.0-Uni folder lives, and the `model_index.json` that lists them.
+"""The one table of a converted LLaDA2.0-Uni folder (= one Hub repo), which loading, conversion, export, the shipped
+shapes model and both pipelines' `save_pretrained` all read.
 
-The root is the transformers model (and its processor); the pixel side sits beside it in subfolders that mirror the
-original release. Both pipelines load from, and save to, this one layout, so no weight is ever stored twice.
-Conversion writes, and export reads, the same subfolders through `SUBFOLDERS`: a folder is renamed here and nowhere
-else (where the original release keeps each part is `conversion/original_layout.py`'s `ORIGINAL_PIXEL_PATHS`).
+The root is the transformers model (config.json + remote code, weights, tokenizer, processor, generation config) and
+also the diffusers pipeline: `model_index.json` names `pipeline_llada2_uni.LLaDA2UniPipeline` (a `.py` at the root),
+so `DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)` and `AutoModel.from_pretrained(repo,
+trust_remote_code=True)` read the same folder, each weight stored once. diffusers loads a component from the folder of
+its name: the pixel parts live there; `mllm/` and `processor/` hold only a small loader file that reads the root.
+Folders written by earlier releases of this project (`decoder/`, `decoder_turbo/`, a `_subfolders` key) still load.
 """
 
 import json
@@ -15,28 +18,39 @@ import diffusers
 from .scheduling_llada2_uni import LLaDA2UniFlowMatchEulerScheduler
 
 MODEL_INDEX = "model_index.json"
-# pipeline component -> folder (relative to the root) it is saved in.
+PIPELINE_MODULE = "pipeline_llada2_uni"  # the root .py file diffusers imports (`_class_name`)
+LOADER_MODULE = "llada2_uni_loaders"  # the loader file in mllm/ and processor/
+# pipeline component -> folder (relative to the root) its config and weights live in.
 SUBFOLDERS = {
     "mllm": ".",
     "processor": ".",
     "semantic_embedder": "semantic_embedder",
-    "transformer": "decoder",
-    "transformer_turbo": "decoder_turbo",
+    "transformer": "transformer",
+    "transformer_turbo": "transformer_turbo",
     "vae": "vae",
     "scheduler": "scheduler",
     "scheduler_turbo": "scheduler_turbo",
 }
-# pipeline component -> (library, class) as diffusers writes it in model_index.json.
+# Folders of earlier releases of this project, read when the new one is absent.
+LEGACY_SUBFOLDERS = {"transformer": "decoder", "transformer_turbo": "decoder_turbo"}
+# pipeline component -> (module, class) in model_index.json. A module that is not a library is a file of that name in
+# the component's folder (diffusers' custom components); `CODE_FILES` says which package file it is a copy of.
 LIBRARIES = {
-    "mllm": ("transformers_llada_uni", "LLaDA2UniForConditionalGeneration"),
-    "processor": ("transformers_llada_uni", "LLaDA2UniProcessor"),
-    "semantic_embedder": ("diffusers_llada_uni", "LLaDA2UniSemanticEmbedder"),
+    "mllm": (LOADER_MODULE, "LLaDA2UniModelLoader"),
+    "processor": (LOADER_MODULE, "LLaDA2UniProcessorLoader"),
+    "semantic_embedder": ("semantic_embedder", "LLaDA2UniSemanticEmbedder"),
     "transformer": ("diffusers", "ZImageTransformer2DModel"),
     "transformer_turbo": ("diffusers", "ZImageTransformer2DModel"),
     "vae": ("diffusers", "AutoencoderKL"),
-    "scheduler": ("diffusers_llada_uni", "LLaDA2UniFlowMatchEulerScheduler"),
-    "scheduler_turbo": ("diffusers_llada_uni", "LLaDA2UniFlowMatchEulerScheduler"),
+    "scheduler": ("scheduling_llada2_uni", "LLaDA2UniFlowMatchEulerScheduler"),
+    "scheduler_turbo": ("scheduling_llada2_uni", "LLaDA2UniFlowMatchEulerScheduler"),
 }
+CODE_FILES = {name: f"{module}.py" for name, (module, _) in LIBRARIES.items() if module != "diffusers"}
+# The diffusers side's files written at the root: the pipeline and every module it imports (for a local folder
+# diffusers copies only the files the pipeline imports directly, so it imports them all).
+ROOT_CODE_FILES = ("pipeline_llada2_uni.py", "pipeline_llada2_uni_decoder.py", "hub_layout.py", "loading.py",
+                   "semantic_embedder.py", "scheduling_llada2_uni.py", "llada2_uni_loaders.py", "hub_files.py",
+                   "model_card.py")
 # decoder name -> (transformer component, scheduler component).
 DECODERS = {"normal": ("transformer", "scheduler"), "turbo": ("transformer_turbo", "scheduler_turbo")}
 # The original's defaults: normal = 50 grid points (49 model calls) with CFG 1.0 in the form p + 1.0 * (p - n), which
@@ -62,9 +76,10 @@ def default_scheduler(decoder: str) -> LLaDA2UniFlowMatchEulerScheduler:
 
 
 def model_index(present, pipeline_class: str = "LLaDA2UniPipeline") -> dict:
-    """The model_index.json content for the components named in `present` (the others are recorded as absent)."""
-    index = {"_class_name": pipeline_class, "_diffusers_version": diffusers.__version__,
-             "_subfolders": dict(SUBFOLDERS)}
+    """The model_index.json content for the components named in `present` (the others are recorded as absent).
+    The full pipeline names its root file, so diffusers imports it (trust_remote_code)."""
+    class_name = [PIPELINE_MODULE, pipeline_class] if pipeline_class == "LLaDA2UniPipeline" else pipeline_class
+    index = {"_class_name": class_name, "_diffusers_version": diffusers.__version__}
     for name, library in LIBRARIES.items():
         index[name] = list(library) if name in present else [None, None]
     return index
@@ -72,14 +87,22 @@ def model_index(present, pipeline_class: str = "LLaDA2UniPipeline") -> dict:
 
 def write_model_index(folder, present, pipeline_class: str = "LLaDA2UniPipeline") -> Path:
     path = Path(folder) / MODEL_INDEX
-    path.write_text(json.dumps(model_index(present, pipeline_class), indent=2, sort_keys=True) + "\n")
+    text = json.dumps(model_index(present, pipeline_class), indent=2, sort_keys=True) + "\n"
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)  # never a half-written index
     return path
 
 
 def read_subfolders(folder) -> dict:
-    """Component -> folder, from model_index.json when the folder has one (else the default layout)."""
-    path = Path(folder) / MODEL_INDEX
+    """Component -> folder: the default layout, with the folders of earlier releases where only those exist (or
+    where an old model_index.json names them)."""
+    folder = Path(folder)
     subfolders = dict(SUBFOLDERS)
+    for name, old in LEGACY_SUBFOLDERS.items():
+        if not (folder / subfolders[name]).is_dir() and (folder / old).is_dir():
+            subfolders[name] = old
+    path = folder / MODEL_INDEX
     if path.is_file():
         subfolders.update(json.loads(path.read_text()).get("_subfolders", {}))
     return subfolders
@@ -91,7 +114,12 @@ def component_path(folder, name: str, subfolders: Optional[dict] = None) -> Path
 
 
 __all__ = [
+    "CODE_FILES",
     "DECODERS",
+    "LEGACY_SUBFOLDERS",
+    "LOADER_MODULE",
+    "PIPELINE_MODULE",
+    "ROOT_CODE_FILES",
     "DECODER_DEFAULTS",
     "LIBRARIES",
     "MODEL_INDEX",

@@ -6,6 +6,7 @@ image. The transformers model (`mllm`) produces image tokens or text; the decode
 import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
@@ -14,18 +15,21 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
-from transformers_llada_uni import LLaDA2GenerationConfig, LLaDA2UniConfig
-from transformers_llada_uni.generation_config_llada2_uni import resolve_generation_config
 
+# Every sibling module is imported here: diffusers copies only a remote pipeline file's direct imports into its
+# modules cache (`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`).
+from .llada2_uni_loaders import LLaDA2UniModelLoader  # noqa: F401
+from .scheduling_llada2_uni import LLaDA2UniFlowMatchEulerScheduler  # noqa: F401
+from .hub_files import upload_folder, write_pipeline_files
 from .hub_layout import (
     DECODER_DEFAULTS,
     DECODERS,
     SUBFOLDERS,
     check_decoder,
     default_scheduler,
-    write_model_index,
 )
-from .loading import ComponentSource, decoder_component_names
+from .loading import HUB_KWARGS, ComponentSource, decoder_component_names, save_component
+from .model_card import write_model_card
 from .pipeline_llada2_uni_decoder import (
     OUTPUT_TYPES,
     check_sampler_arguments,
@@ -97,21 +101,32 @@ class LLaDA2UniPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *, decoder: Optional[str] = "all", dtype=None,
-                        stage_loading: bool = False, stage_device=None, **model_kwargs):
+                        stage_loading: bool = False, stage_device=None, device_map=None, variant=None,
+                        **kwargs):
         r"""
-        Load everything from one converted folder (the transformers model at the root, the pixel parts in
-        subfolders; see docs/pipelines.md).
+        Load everything from one converted folder or Hub repo id (the transformers model at the root, the pixel
+        parts in subfolders; see docs/pipelines.md). `DiffusionPipeline.from_pretrained(path_or_repo,
+        trust_remote_code=True)` loads the same folder without this package.
 
         Args:
             decoder (`str` or None, defaults to "all"): which decoders to load: "all" (every one the folder has),
                 "normal", "turbo", or None (no pixel side: understanding only).
-            dtype (`torch.dtype`, *optional*): dtype of every model (default: as stored).
+            dtype / torch_dtype (`torch.dtype` or `dict`, *optional*): dtype of every model, or per component
+                (`{"mllm": torch.bfloat16, "default": torch.float32}`); default: as stored.
             stage_loading (`bool`, defaults to False): load nothing now; each call loads a model from disk only for
                 the stage that needs it and frees it right after, so peak memory is the largest single model.
             stage_device (*optional*): where stage-loaded models run (default: CPU).
-            **model_kwargs: passed to the transformers model's `from_pretrained` (e.g. `attn_implementation`).
+            device_map, variant (*optional*): passed to every model's `from_pretrained`.
+            revision, cache_dir, local_files_only, token, force_download, proxies: where a repo id's files come from.
+            **kwargs: passed to the transformers model's `from_pretrained` (e.g. `attn_implementation`).
         """
-        source = ComponentSource(pretrained_model_name_or_path, dtype=dtype, model_kwargs=model_kwargs)
+        if "torch_dtype" in kwargs:
+            if dtype is not None:
+                raise ValueError("give `dtype` or its alias `torch_dtype`, not both.")
+            dtype = kwargs.pop("torch_dtype")
+        hub_kwargs = {key: kwargs.pop(key) for key in HUB_KWARGS if key in kwargs}
+        source = ComponentSource(pretrained_model_name_or_path, dtype=dtype, model_kwargs=kwargs,
+                                 hub_kwargs=hub_kwargs, device_map=device_map, variant=variant)
         source.require("mllm", "transformers model")
         source.require("processor", "tokenizer / processor files")
         if decoder == "all":
@@ -129,20 +144,34 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         components = {name: None if name in lazy else source.load(name) for name in names}
         pipe = cls(processor=source.load("processor"), **components)
         pipe._source, pipe._staged, pipe._stage_device = source, lazy, stage_device
+        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         return pipe
 
-    def save_pretrained(self, save_directory, **kwargs):
-        """Write the converted-folder layout (model + processor at the root, pixel parts in subfolders, and
-        model_index.json); `from_pretrained(save_directory)` reloads it. Stage-loaded models are loaded one at a
-        time to be written."""
+    def save_pretrained(self, save_directory, safe_serialization: bool = True, variant: Optional[str] = None,
+                        push_to_hub: bool = False, **kwargs):
+        """Write the one-folder layout (model + processor at the root, pixel parts in subfolders, the code files
+        and model_index.json diffusers reads, a model card); `from_pretrained(save_directory)` and
+        `DiffusionPipeline.from_pretrained(save_directory, trust_remote_code=True)` reload it. Stage-loaded models
+        are loaded one at a time to be written. `push_to_hub=True` uploads the folder (`repo_id=`, `token=`,
+        `private=`, `commit_message=`)."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
         present = []
         for name in SUBFOLDERS:
             if getattr(self, name, None) is None and name not in self._staged:
                 continue
             with self._stage(name) as component:
-                component.save_pretrained(f"{save_directory}/{SUBFOLDERS[name]}")
+                save_component(component, folder / SUBFOLDERS[name], safe_serialization, variant)
             present.append(name)
-        write_model_index(save_directory, present, type(self).__name__)
+        write_pipeline_files(folder, present, type(self).__name__)
+        source = getattr(self.config, "_name_or_path", None)
+        write_model_card(folder, base_model=source if source and not Path(source).is_dir() else None)
+        if push_to_hub:
+            upload_folder(folder, **kwargs)
+        elif kwargs:
+            raise ValueError(f"unexpected argument(s) {sorted(kwargs)} for `save_pretrained` (they go with "
+                             "push_to_hub=True: repo_id, token, private, commit_message).")
+        return folder
 
     @property
     def decoders(self) -> list:
@@ -247,48 +276,35 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         if thinking and task != "t2i":
             raise ValueError("`thinking` applies to text-to-image (a `prompt` without an image).")
         settings = _generation_overrides(generation_kwargs, task, height, width)
-        config = self._settings(generation_config, settings)
-        decode = None
-        if task != "understanding" and output_type != "tokens":
-            decode = self._decoder_settings(decoder, num_inference_steps, decoder_guidance_scale,
-                                            _multiplier(config.pixels_per_token), callback_on_step_end_tensor_inputs)
         llm = {"generation_config": generation_config, "generator": generator, **settings}
-        if task == "understanding":
-            texts = self._understand(image, question, llm)
-            self.maybe_free_model_hooks()
-            return LLaDA2UniPipelineOutput(images=None, text=texts) if return_dict else (None, texts)
-        if task == "t2i":
-            grid = self.processor.image_processor.generation_grid(config.image_height, config.image_width,
-                                                                  config.pixels_per_token)
-            tokens, texts = self._text_to_image(prompt, grid, thinking, num_images_per_prompt, config, llm)
-        else:
-            tokens, texts = self._edit(image, instruction, num_images_per_prompt, config, llm)
+        with self._stage("mllm") as mllm:
+            # The model resolves (and checks) the settings: its generation_config.json holds every default.
+            config, _ = mllm._generation_settings(generation_config, dict(settings))
+            decode = None
+            if task != "understanding" and output_type != "tokens":
+                decode = self._decoder_settings(decoder, num_inference_steps, decoder_guidance_scale,
+                                                _multiplier(config.pixels_per_token),
+                                                callback_on_step_end_tensor_inputs)
+            texts, tokens = None, None
+            if task == "understanding":
+                texts = self._understand(mllm, image, question, llm)
+            elif task == "t2i":
+                grid = self.processor.image_processor.generation_grid(config.image_height, config.image_width,
+                                                                      config.pixels_per_token)
+                tokens, texts = self._text_to_image(mllm, prompt, grid, thinking, num_images_per_prompt, llm)
+            else:
+                tokens = self._edit(mllm, image, instruction, num_images_per_prompt, llm)
         images = None
         if decode is not None:
             images = self._decode(tokens, decode, generator, output_type, callback_on_step_end)
         self.maybe_free_model_hooks()
+        if task == "understanding":
+            return LLaDA2UniPipelineOutput(images=None, text=texts) if return_dict else (None, texts)
         if not return_dict:
             return (images, texts)
         return LLaDA2UniPipelineOutput(images=images, text=texts, image_tokens=tokens)
 
     # ------------------------------------------------------------------ input checks
-
-    def _settings(self, generation_config, settings: dict):
-        """The settings this call will run with, read before the prompts are built (image size, guidance); a
-        stage-loaded model's configs are read from disk, not its weights."""
-        if self.mllm is not None:
-            model_config, own = self.mllm.config, getattr(self.mllm, "generation_config", None)
-        else:
-            folder = self._source.path("mllm")
-            model_config = LLaDA2UniConfig.from_pretrained(folder)
-            try:
-                own = LLaDA2GenerationConfig.from_pretrained(folder)
-            except OSError:
-                own = None
-        if own is not None and not isinstance(own, LLaDA2GenerationConfig):
-            own = LLaDA2GenerationConfig(**own.to_dict())
-        config, _ = resolve_generation_config(model_config, own, generation_config, dict(settings))
-        return config
 
     @staticmethod
     def _task(prompt, image, question, instruction) -> str:
@@ -334,50 +350,44 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         tokens = [_grid_dict(row, h, w) for row in out.image_tokens.cpu()]
         return tokens, out.thinking_ids
 
-    def _text_to_image(self, prompt, grid, thinking, per_prompt, config, llm):
-        prompts = _texts(prompt, "prompt")
-        batch = self.processor(text=prompts, mode="t2i", grid=grid, thinking=thinking,
-                               return_uncond=thinking or config.guidance_scale != 1.0)
-        with self._stage("mllm") as mllm:
-            tokens, thoughts = self._image_tokens(mllm, batch, "thinking" if thinking else "image", per_prompt, llm)
+    def _text_to_image(self, mllm, prompt, grid, thinking, per_prompt, llm):
+        # The unconditional rows are always built: generate() skips them when the guidance scale is 1.
+        batch = self.processor(text=_texts(prompt, "prompt"), mode="t2i", grid=grid, thinking=thinking)
+        tokens, thoughts = self._image_tokens(mllm, batch, "thinking" if thinking else "image", per_prompt, llm)
         texts = None
         if thoughts is not None:
             texts = [self.processor.decode(ids, skip_special_tokens=True) for ids in thoughts]
         return tokens, texts
 
-    def _edit(self, image, instruction, per_prompt, config, llm):
-        """All edits whose sources give one output grid run as one batch (the grid follows the first source)."""
+    def _edit(self, mllm, image, instruction, per_prompt, llm):
+        """All edits whose sources give one output grid run as one batch (the grid follows the first source). The
+        image-dropped rows are always built; generate() runs them only when `image_guidance_scale` != 0."""
         instructions = _texts(instruction, "instruction")
         sources = _images(image, len(instructions))
-        image_cfg = config.image_guidance_scale != 0.0
         groups = {}
         for index, source in enumerate(sources):
             first = source[0] if isinstance(source, (list, tuple)) else source
             groups.setdefault(self._edit_grid(first), []).append(index)
         tokens = [None] * (len(instructions) * per_prompt)
-        with self._stage("mllm") as mllm:
-            for indices in groups.values():
-                batch = self.processor(text=[instructions[i] for i in indices], images=[sources[i] for i in indices],
-                                       mode="edit", image_cfg=image_cfg)
-                grids, _ = self._image_tokens(mllm, batch, "image", per_prompt, llm)
-                for j, index in enumerate(indices):
-                    tokens[index * per_prompt : (index + 1) * per_prompt] = grids[j * per_prompt : (j + 1) * per_prompt]
-        return tokens, None
+        for indices in groups.values():
+            batch = self.processor(text=[instructions[i] for i in indices], images=[sources[i] for i in indices],
+                                   mode="edit", image_cfg=True)
+            grids, _ = self._image_tokens(mllm, batch, "image", per_prompt, llm)
+            for j, index in enumerate(indices):
+                tokens[index * per_prompt : (index + 1) * per_prompt] = grids[j * per_prompt : (j + 1) * per_prompt]
+        return tokens
 
     def _edit_grid(self, source) -> tuple:
         source = self.processor._check_image(source)
         grid = self.processor.image_processor.preprocess([source], mode="edit", return_tensors="pt",
                                                          max_grid_side=self.processor.num_reserved_tokens - 1)
-        grid = grid["image_grid_thw"]
-        return tuple(int(v) for v in grid[0, 1:])
+        return tuple(int(v) for v in grid["image_grid_thw"][0, 1:])
 
-    def _understand(self, image, question, llm):
+    def _understand(self, mllm, image, question, llm):
         questions = _texts(question, "question")
-        images = _images(image, len(questions))
-        batch = self.processor(text=questions, images=images, mode="understanding")
-        with self._stage("mllm") as mllm:
-            inputs = {key: value.to(mllm.device) for key, value in batch.items()}
-            out = mllm.generate(**inputs, generation_mode="text", return_dict_in_generate=False, **llm)
+        batch = self.processor(text=questions, images=_images(image, len(questions)), mode="understanding")
+        inputs = {key: value.to(mllm.device) for key, value in batch.items()}
+        out = mllm.generate(**inputs, generation_mode="text", return_dict_in_generate=False, **llm)
         prompt_length = batch["input_ids"].shape[1]
         return self.processor.batch_decode(out[:, prompt_length:].cpu(), skip_special_tokens=True)
 

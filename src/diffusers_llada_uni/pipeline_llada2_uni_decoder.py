@@ -4,7 +4,8 @@ SigVQ embedding of the code grid -> Z-Image transformer (diffusers' own `ZImageT
 `LLaDA2UniFlowMatchEulerScheduler` -> FLUX VAE. Unlike the original `decode_vq_tokens`, nothing is reloaded per call.
 """
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+import json
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import PIL.Image
@@ -15,12 +16,24 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils import replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
-from .hub_layout import DECODER_DEFAULTS, DECODERS, check_decoder
-from .loading import ComponentSource, save_components
+from .hub_layout import DECODER_DEFAULTS, DECODERS, MODEL_INDEX, check_decoder
+from .loading import HUB_KWARGS, ComponentSource, save_components
 from .scheduling_llada2_uni import LLaDA2UniFlowMatchEulerScheduler
 from .semantic_embedder import LLaDA2UniSemanticEmbedder, check_grid
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def saved_decoder(source) -> str:
+    """The decoder a folder's model_index.json lists alone (a saved decoder pipeline), else turbo when present."""
+    index = source.folder / MODEL_INDEX
+    listed = []
+    if index.is_file():
+        entries = json.loads(index.read_text())
+        listed = [name for name, (transformer, _) in DECODERS.items() if (entries.get(transformer) or [None])[0]]
+    if len(listed) == 1:
+        return listed[0]
+    return "turbo" if source.has(DECODERS["turbo"][0]) else "normal"
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -63,31 +76,49 @@ class LLaDA2UniDecoderPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ loading and saving
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, decoder: str = "turbo", *, dtype=None, **kwargs):
-        """Load from a converted LLaDA2.0-Uni folder: `decoder="normal"` (50-point CFG sampler) or `"turbo"`
-        (8 CFG-free steps) picks the transformer weights and the sampler (their subfolders: `hub_layout.py`)."""
-        check_decoder(decoder)
+    def from_pretrained(cls, pretrained_model_name_or_path, decoder: Optional[str] = None, *, dtype=None,
+                        device_map=None, variant=None, **kwargs):
+        """Load from a converted LLaDA2.0-Uni folder or Hub repo id: `decoder="normal"` (50-point CFG sampler) or
+        `"turbo"` (8 CFG-free steps) picks the transformer weights and the sampler (their subfolders:
+        `hub_layout.py`). Left out: the one decoder a saved decoder folder holds, else turbo when present.
+        `dtype` / `torch_dtype` (one dtype or a per-component dict), `device_map`, `variant` and the Hub arguments
+        (`revision`, `cache_dir`, `local_files_only`, `token`, ...) reach every component."""
+        if "torch_dtype" in kwargs:
+            if dtype is not None:
+                raise ValueError("give `dtype` or its alias `torch_dtype`, not both.")
+            dtype = kwargs.pop("torch_dtype")
+        hub_kwargs = {key: kwargs.pop(key) for key in HUB_KWARGS if key in kwargs}
         if kwargs:
-            raise ValueError(f"unsupported arguments: {', '.join(sorted(kwargs))} (accepted: decoder, dtype).")
-        source = ComponentSource(pretrained_model_name_or_path, dtype=dtype)
+            raise ValueError(f"unsupported arguments: {', '.join(sorted(kwargs))} (accepted: decoder, dtype / "
+                             f"torch_dtype, device_map, variant, {', '.join(HUB_KWARGS)}).")
+        source = ComponentSource(pretrained_model_name_or_path, dtype=dtype, hub_kwargs=hub_kwargs,
+                                 device_map=device_map, variant=variant)
+        decoder = check_decoder(decoder) if decoder is not None else saved_decoder(source)
         transformer_name, scheduler_name = DECODERS[decoder]
         for name, what in (("semantic_embedder", "semantic embedder"), (transformer_name, f"{decoder} decoder"),
                            ("vae", "VAE")):
             source.require(name, what)
-        return cls(
+        pipe = cls(
             semantic_embedder=source.load("semantic_embedder"),
             transformer=source.load(transformer_name),
             vae=source.load("vae"),
             scheduler=source.load(scheduler_name),
         )
+        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return pipe
 
-    def save_pretrained(self, save_directory, **kwargs):
+    def save_pretrained(self, save_directory, safe_serialization: bool = True, variant: Optional[str] = None,
+                        **kwargs):
         """Write the converted-folder layout (the transformer goes to the subfolder of this pipeline's decoder), so
-        that `from_pretrained(save_directory, decoder=self.decoder)` reloads it."""
+        that `from_pretrained(save_directory)` reloads it, this decoder included."""
+        if kwargs:
+            raise ValueError(f"unexpected argument(s) {sorted(kwargs)} for `save_pretrained` (accepted: "
+                             "safe_serialization, variant).")
         transformer_name, scheduler_name = DECODERS[self.decoder]
         components = {"semantic_embedder": self.semantic_embedder, transformer_name: self.transformer,
                       "vae": self.vae, scheduler_name: self.scheduler}
-        return save_components(components, save_directory, type(self).__name__)
+        return save_components(components, save_directory, type(self).__name__,
+                               safe_serialization=safe_serialization, variant=variant)
 
     @property
     def decoder(self) -> str:
