@@ -163,3 +163,19 @@ def test_transformers_and_peft_entry_points_without_the_plugin(tmp_path):
         assert lora.generate(input_ids=ids, max_new_tokens=4).shape[0] == 1
         print("ok")
     """)
+
+
+def test_the_llm_stage_shows_a_progress_bar(pipe):
+    import io
+
+    shown = io.StringIO()
+    pipe.set_progress_bar_config(file=shown)
+    try:
+        pipe(image=np.zeros((48, 48, 3), np.uint8), question="What colour is the circle?")
+    finally:
+        pipe.set_progress_bar_config(disable=True)
+    assert "LLM denoising steps" in shown.getvalue()
+    quiet = io.StringIO()
+    pipe.set_progress_bar_config(disable=True, file=quiet)
+    pipe(image=np.zeros((48, 48, 3), np.uint8), question="What colour is the circle?")
+    assert quiet.getvalue() == ""

@@ -13,6 +13,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
+from tqdm.auto import tqdm
 from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -207,6 +208,21 @@ class LLaDA2UniPipeline(DiffusionPipeline):
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
+    @contextmanager
+    def _llm_progress(self, mllm):
+        """A progress bar over the LLM's denoising forwards (their number depends on how fast blocks settle, so it
+        counts up without a total); `set_progress_bar_config` controls it like the decoder's."""
+        settings = {"desc": "LLM denoising steps", "unit": "step", **getattr(self, "_progress_bar_config", {})}
+        with tqdm(total=None, **settings) as bar:
+            def count(module, args):
+                bar.update()  # (a pre-hook's return value would replace the forward's arguments)
+
+            handle = mllm.register_forward_pre_hook(count)
+            try:
+                yield
+            finally:
+                handle.remove()
+
     def _device(self):
         return torch.device(self._stage_device) if self._staged and self._stage_device is not None \
             else self._execution_device
@@ -277,7 +293,7 @@ class LLaDA2UniPipeline(DiffusionPipeline):
             raise ValueError("`thinking` applies to text-to-image (a `prompt` without an image).")
         settings = _generation_overrides(generation_kwargs, task, height, width)
         llm = {"generation_config": generation_config, "generator": generator, **settings}
-        with self._stage("mllm") as mllm:
+        with self._stage("mllm") as mllm, self._llm_progress(mllm):
             # The model resolves (and checks) the settings: its generation_config.json holds every default.
             config, _ = mllm._generation_settings(generation_config, dict(settings))
             decode = None
