@@ -33,7 +33,7 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from transformers_llada_uni import LLaDA2UniDataCollator, LLaDA2UniForConditionalGeneration, LLaDA2UniProcessor
 from transformers_llada_uni.peft_llada2_uni import PRESETS, finish_adapter_folder, get_lora_model
-from transformers_llada_uni.training_llada2_uni import OBJECTIVES, WEIGHTINGS
+from transformers_llada_uni.training_llada2_uni import DIFFUSION_OBJECTIVES, WEIGHTINGS
 
 
 @dataclass
@@ -53,7 +53,8 @@ class ModelDataArguments:
 
 @dataclass
 class DiffusionArguments:
-    objective: str = field(default="block", metadata={"choices": list(OBJECTIVES)})
+    # The collator gives clean sequences, which only the masked-diffusion objectives noise ("cross_entropy" would not).
+    objective: str = field(default="block", metadata={"choices": list(DIFFUSION_OBJECTIVES)})
     block_length: Optional[int] = field(default=None, metadata={"help": "default: the config's (32)"})
     max_length: Optional[int] = field(default=None, metadata={"help": "reject longer rows"})
     mask_ratio_min: float = 0.001

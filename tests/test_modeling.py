@@ -162,7 +162,8 @@ def test_ids_fall_back_only_when_they_fit_the_vocabulary():
         (dict(hidden_size=0), "hidden_size"),
         (dict(first_k_dense_replace=4), "first_k_dense_replace"),
         (dict(partial_rotary_factor=0.25, head_dim=4), "partial_rotary_factor"),
-        (dict(rope_parameters={"rope_type": "yarn", "factor": 2.0}), "rope_type"),
+        (dict(rope_parameters={"rope_type": "spiral", "rope_theta": 1e4}), "rope_type"),
+        (dict(rope_parameters={"rope_type": "linear", "rope_theta": 1e4}), "factor"),
         (dict(mask_token_id=128), "mask_token_id"),
         (dict(eos_token_id=-1), "eos_token_id"),
         (dict(image_token_offset=129), "image_token_offset"),
@@ -605,17 +606,17 @@ def test_labels_give_masked_cross_entropy(model):
     noisy, labels = _masked_batch()
     allowed = block_causal(2, L, 16)
     with torch.no_grad():
-        out = model(noisy, attention_mask=allowed, labels=labels)
+        out = model(noisy, attention_mask=allowed, labels=labels, objective="cross_entropy")
     keep = labels != -100
     expected = F.cross_entropy(out.logits[keep], labels[keep])  # unshifted: position i predicts token i
     torch.testing.assert_close(out.loss, expected)
     with pytest.raises(ValueError, match="labels"):
-        model(noisy, labels=labels[:, 1:])
+        model(noisy, labels=labels[:, 1:], objective="cross_entropy")
 
 
 def _grads(model, noisy, labels):
     model.zero_grad(set_to_none=True)
-    loss = model(noisy, attention_mask=block_causal(2, L, 16), labels=labels).loss
+    loss = model(noisy, attention_mask=block_causal(2, L, 16), labels=labels, objective="cross_entropy").loss
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

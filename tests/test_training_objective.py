@@ -1,5 +1,5 @@
-"""The masked-diffusion training objective computed by `forward(labels=...)` on clean inputs: the block mask of
-[x_t ; x_0], which positions are supervised, and the loss against a hand computation."""
+"""The training objectives computed by `forward(labels=...)`: the block mask of [x_t ; x_0], which positions are
+supervised, the loss against a hand computation, and how the objective is chosen (a setting, never the tokens)."""
 
 import pytest
 import torch
@@ -142,16 +142,65 @@ def test_loss_trains(tmp_path):
     assert sum(losses[-3:]) < 0.5 * sum(losses[:3])
 
 
-def test_pre_masked_inputs_keep_the_plain_cross_entropy():
-    model = make_model()
+@pytest.mark.parametrize("where", ["argument", "config"])
+def test_cross_entropy_objective_runs_the_inputs_as_given(where):
+    model = make_model(objective="cross_entropy") if where == "config" else make_model()
     ids = torch.randint(0, 120, (1, 8), generator=torch.Generator().manual_seed(7))
     noisy = ids.clone()
     noisy[0, 2] = MASK
     labels = torch.full_like(ids, -100)
     labels[0, 2] = ids[0, 2]
     with torch.no_grad():
-        out = model(noisy, labels=labels)
+        out = model(noisy, labels=labels, **({"objective": "cross_entropy"} if where == "argument" else {}))
+        plain = model(noisy).logits
+    torch.testing.assert_close(out.logits, plain)
     torch.testing.assert_close(out.loss, F.cross_entropy(out.logits[0, 2:3], ids[0, 2:3]))
+
+
+@pytest.mark.parametrize("objective", ["block", "full"])
+def test_the_objective_does_not_depend_on_the_token_values(objective):
+    """A clean batch that happens to hold the mask token id (in the prompt and in a supervised target) is trained with
+    the configured objective, exactly as the same computation done by hand: nothing is read off the tokens."""
+    model = make_model(objective=objective, mask_ratio_min=0.3, mask_ratio_max=0.8)
+    ids = torch.randint(0, 120, (2, 8), generator=torch.Generator().manual_seed(11))
+    ids[0, 1] = MASK  # an unsupervised prompt position
+    ids[1, 6] = MASK  # a supervised one
+    labels = ids.masked_fill(torch.arange(8) < 3, -100)
+    with torch.no_grad():
+        out = model(ids, labels=labels, generator=torch.Generator().manual_seed(12))
+    generator = torch.Generator().manual_seed(12)
+    t = 0.3 + 0.5 * torch.rand(2, generator=generator)
+    masked = (torch.rand(2, 8, generator=generator) < t[:, None]) & (labels != -100)
+    noisy = ids.masked_fill(masked, MASK)
+    with_clean = objective == "block"
+    inputs = torch.cat([noisy, ids], 1) if with_clean else noisy
+    positions = torch.arange(8).repeat(2 if with_clean else 1)[None].expand(2, -1)
+    mask = block_diffusion_mask(torch.ones(2, 8, dtype=torch.bool), 4, with_clean=with_clean)
+    with torch.no_grad():
+        logits = model(inputs, attention_mask=mask, position_ids=positions).logits[:, :8]
+    ce = F.cross_entropy(logits[masked], ids[masked], reduction="none")
+    expected = (ce / t[:, None].expand(2, 8)[masked]).sum() / (labels != -100).sum()
+    torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=0)
+    # and the per-call choice overrides the config's whatever the batch holds
+    with torch.no_grad():
+        plain = model(ids, labels=labels, objective="cross_entropy")
+    keep = labels != -100
+    torch.testing.assert_close(plain.loss, F.cross_entropy(plain.logits[keep], ids[keep]))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m, ids: m(ids, labels=ids, objective="ar"), "objective"),
+        (lambda m, ids: m(ids, objective="block"), "no `labels`"),
+        (lambda m, ids: m(inputs_embeds=m.get_input_embeddings()(ids), labels=ids), "cross_entropy"),
+    ],
+)
+def test_objective_choice_errors(call, match):
+    model = make_model()
+    ids = torch.randint(0, 120, (1, 8))
+    with pytest.raises(ValueError, match=match):
+        call(model, ids)
 
 
 @pytest.mark.parametrize(

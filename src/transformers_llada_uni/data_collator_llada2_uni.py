@@ -17,6 +17,9 @@ the output header's h*w positions: codes when given as `*_image_tokens` (offset-
 `pixel_values` with the frozen vision tokenizer. Rows are right-padded (blocks stay aligned with positions).
 
 Use it with `TrainingArguments(remove_unused_columns=False)`: the Trainer would otherwise drop these columns.
+
+The batches are clean (nothing is masked here), for the masked-diffusion objectives ("block", "full") that `forward`
+noises itself; which one runs is the model's setting (`config.diffusion_training`), whatever ids a batch holds.
 """
 
 from typing import Optional
