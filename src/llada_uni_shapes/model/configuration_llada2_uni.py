@@ -1,6 +1,7 @@
 """Configurations for the LLaDA2 MoE masked-diffusion backbone (and, later, the LLaDA2.0-Uni composite)."""
 
 from transformers import PretrainedConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.glm_image.configuration_glm_image import GlmImageVisionConfig, GlmImageVQVAEConfig
 
 
@@ -37,8 +38,12 @@ class LLaDA2MoeConfig(PretrainedConfig):
         num_experts (`int`, defaults to 256), num_experts_per_tok (`int`, defaults to 8),
         num_shared_experts (`int`, defaults to 1), n_group (`int`, defaults to 8), topk_group (`int`, defaults to 4),
         routed_scaling_factor (`float`, defaults to 2.5): group-limited sigmoid routing, DeepSeek-V3 style.
-        rope_theta (`float`, defaults to 600000.0), partial_rotary_factor (`float`, defaults to 0.5)
-        rope_parameters (`dict`, *optional*): v5-style RoPE dict; wins over the legacy keys when given.
+        rope_theta (`float`, defaults to 600000.0), partial_rotary_factor (`float`, defaults to 0.5): legacy keys, folded
+            into `rope_parameters`; afterwards `config.rope_theta` / `config.partial_rotary_factor` read and write it.
+        rope_parameters (`dict`, *optional*): v5-style RoPE dict (`rope_type`, `rope_theta`, `partial_rotary_factor`,
+            and the scaling keys of the type); wins over the legacy keys when given. It is the one source the model
+            reads when it is built: "default" (the releases) or any type of transformers' `ROPE_INIT_FUNCTIONS`
+            ("linear", "dynamic", "yarn", "longrope", "llama3", ...).
         max_position_embeddings (`int`, defaults to 8192)
         rms_norm_eps (`float`, defaults to 1e-6)
         use_qk_norm (`bool`, defaults to True), use_qkv_bias (`bool`, defaults to False), use_bias (`bool`, defaults to False)
@@ -177,12 +182,63 @@ class LLaDA2MoeConfig(PretrainedConfig):
         params.setdefault("rope_theta", rope_theta)
         params.setdefault("partial_rotary_factor", partial_rotary_factor if partial_rotary_factor is not None else 1.0)
         self.rope_parameters = params
-        self.rope_theta = float(params["rope_theta"])
-        self.partial_rotary_factor = float(params["partial_rotary_factor"])
+
+    # `rope_parameters` is the only copy: these views keep the legacy names working in both directions, so an edit
+    # made through either name is what the model reads.
+    @property
+    def rope_theta(self) -> float:
+        value = self.rope_parameters.get("rope_theta")
+        return float(value) if isinstance(value, (int, float)) else value
+
+    @rope_theta.setter
+    def rope_theta(self, value):
+        self.rope_parameters["rope_theta"] = value
+
+    @property
+    def partial_rotary_factor(self) -> float:
+        return float(self.rope_parameters.get("partial_rotary_factor", 1.0))
+
+    @partial_rotary_factor.setter
+    def partial_rotary_factor(self, value):
+        self.rope_parameters["partial_rotary_factor"] = value
 
     @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        # The released config.json carries the legacy keys next to `rope_parameters`; they are written as its mirror.
+        if isinstance(output.get("rope_parameters"), dict):
+            output["rope_theta"] = output["rope_parameters"].get("rope_theta")
+            output["partial_rotary_factor"] = output["rope_parameters"].get("partial_rotary_factor", 1.0)
+        return output
+
+    def check_rope_parameters(self):
+        """Raise `ValueError` unless `rope_parameters` describes a RoPE this model computes. Run when the config is
+        built and again when a model is built from it (the dict is mutable in between)."""
+        params = self.rope_parameters
+        if not isinstance(params, dict):
+            raise ValueError(f"`rope_parameters` must be a dict, got {type(params).__name__}.")
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:
+            raise ValueError(f"`rope_parameters['rope_type']`={rope_type!r} is not supported; accepted: 'default', "
+                             f"{sorted(ROPE_INIT_FUNCTIONS)} (transformers' RoPE functions).")
+        params["rope_type"] = rope_type
+        # transformers' own completion of the dict (e.g. yarn's `original_max_position_embeddings`), as its models do
+        self.standardize_rope_params()
+        params = self.rope_parameters
+        if not isinstance(params.get("rope_theta"), (int, float)) or params["rope_theta"] <= 0:
+            raise ValueError(f"`rope_parameters['rope_theta']` must be a positive number, got {params.get('rope_theta')!r}.")
+        if not 0.0 < self.partial_rotary_factor <= 1.0 or self.rotary_dim % 2:
+            raise ValueError(
+                f"`partial_rotary_factor` ({self.partial_rotary_factor}) must be in (0, 1] and give an even number "
+                f"of rotary dims (head_dim {self.head_dim} -> {self.rotary_dim})."
+            )
+        try:  # transformers' own check of the keys each type needs (e.g. `factor`)
+            self.validate_rope()
+        except KeyError as error:
+            raise ValueError(f"`rope_parameters` {params}: {error.args[0]}") from None
 
     def _validate_experts_fp8(self):
         fp8 = self.experts_fp8
@@ -218,16 +274,7 @@ class LLaDA2MoeConfig(PretrainedConfig):
                 f"`num_attention_heads` ({self.num_attention_heads}) must be a multiple of "
                 f"`num_key_value_heads` ({self.num_key_value_heads})."
             )
-        if self.rope_parameters.get("rope_type", "default") != "default":
-            raise ValueError(
-                f"`rope_parameters['rope_type']`={self.rope_parameters['rope_type']!r} is not supported; "
-                "only 'default' (the released LLaDA2 models) is implemented."
-            )
-        if not 0.0 < self.partial_rotary_factor <= 1.0 or self.rotary_dim % 2:
-            raise ValueError(
-                f"`partial_rotary_factor` ({self.partial_rotary_factor}) must be in (0, 1] and give an even number "
-                f"of rotary dims (head_dim {self.head_dim} -> {self.rotary_dim})."
-            )
+        self.check_rope_parameters()
         if not 0 <= self.first_k_dense_replace <= self.num_hidden_layers:
             raise ValueError(
                 f"`first_k_dense_replace` must be in [0, num_hidden_layers={self.num_hidden_layers}], "
@@ -278,6 +325,7 @@ class LLaDA2MoeConfig(PretrainedConfig):
 
 # Real ids of the LLaDA2.0-Uni tokenizer where the reference knows them; the others come from the tokenizer.
 _REAL_UNI_IDS = {"image_start_token_id": 156901, "image_end_token_id": 156902, "boi_token_id": 156904}
+_UNI_TEXT_DEFAULTS = {"vocab_size": 173568, "image_token_offset": 157184}
 _UNI_AUTO_MAP = {
     "AutoConfig": "configuration_llada2_uni.LLaDA2UniConfig",
     "AutoModel": "modeling_llada2_uni.LLaDA2UniForConditionalGeneration",
@@ -289,10 +337,12 @@ _UNI_AUTO_MAP = {
 class LLaDA2UniConfig(PretrainedConfig):
     r"""
     LLaDA2.0-Uni: the LLaDA2 MoE backbone (`text_config`) + the SigLIP-VQ image tokenizer (`vision_config`,
-    `vq_config`, GLM-Image lineage). VQ code k enters the LLM vocabulary as `image_token_offset + k`.
+    `vq_config`, GLM-Image lineage). VQ code k enters the LLM vocabulary as `image_token_offset + k`. Built without
+    arguments it describes the released model.
 
     Args:
-        text_config (`dict` or `LLaDA2MoeConfig`): the backbone.
+        text_config (`dict` or `LLaDA2MoeConfig`): the backbone (default: the release's, vocabulary 173568 with the
+            image codes from 157184).
         vision_config (`dict` or `GlmImageVisionConfig`): the ViT encoder (patch 16, learned position table).
         vq_config (`dict` or `GlmImageVQVAEConfig`): the cosine-nearest codebook (`num_embeddings` codes).
         image_token_offset (`int`): first image id; defaults to `text_config.image_token_offset`, else
@@ -326,7 +376,8 @@ class LLaDA2UniConfig(PretrainedConfig):
     ):
         if isinstance(text_config, dict):
             text_config = LLaDA2MoeConfig(**text_config)
-        self.text_config = text_config if text_config is not None else LLaDA2MoeConfig()
+        # Without one, the released model's backbone: 157184 text ids followed by the 16384 image codes.
+        self.text_config = text_config if text_config is not None else LLaDA2MoeConfig(**_UNI_TEXT_DEFAULTS)
         if isinstance(vision_config, dict):
             vision_config = GlmImageVisionConfig(**vision_config)
         self.vision_config = vision_config if vision_config is not None else GlmImageVisionConfig()

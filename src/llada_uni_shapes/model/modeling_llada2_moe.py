@@ -14,12 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_llada2_uni import LLaDA2MoeConfig
 from .generation_config_llada2_uni import defaults_for_model
 from .generation_llada2_uni import LLaDA2MoeGenerationMixin
-from .training_llada2_uni import masked_diffusion_forward
+from .training_llada2_uni import DIFFUSION_OBJECTIVES, DiffusionTrainingArguments, masked_diffusion_forward
 
 
 def _cache_field(output_class) -> str:
@@ -50,19 +52,37 @@ class LLaDA2MoeRMSNorm(nn.Module):
 
 
 class LLaDA2MoeRotaryEmbedding(nn.Module):
-    """Rotate-half RoPE over the first `rotary_dim` dims of each head; the rest of the head passes through."""
+    """Rotate-half RoPE over the first `rotary_dim` dims of each head; the rest of the head passes through.
+
+    The frequencies follow `config.rope_parameters` as it is when the module is built: the "default" type (the
+    released models) is computed here, every other type (linear, dynamic, yarn, longrope, llama3, ...) by transformers'
+    own `ROPE_INIT_FUNCTIONS`, with `dynamic_rope_update` for the types that change with the sequence length.
+    """
 
     def __init__(self, config: LLaDA2MoeConfig, device=None):
         super().__init__()
-        self.rotary_dim = config.rotary_dim
-        self.rope_theta = config.rope_theta
-        self.register_buffer("inv_freq", self.compute_inv_freq(device), persistent=False)
+        config.check_rope_parameters()  # also here: the dict may have been edited since the config was built
+        self.config = config
+        self.rope_type = config.rope_parameters["rope_type"]
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        inv_freq, self.attention_scaling = self.compute_inv_freq(device)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
 
-    def compute_inv_freq(self, device=None) -> torch.Tensor:
-        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float)
-        return 1.0 / (self.rope_theta ** (exponents / self.rotary_dim))
+    def compute_inv_freq(self, device=None) -> tuple[torch.Tensor, float]:
+        """(inverse frequencies [rotary_dim / 2], scale of cos and sin) from the config's RoPE settings."""
+        if self.rope_type == "default":
+            return self.compute_default_rope_parameters(self.config, device)
+        return ROPE_INIT_FUNCTIONS[self.rope_type](self.config, device)
+
+    @staticmethod
+    def compute_default_rope_parameters(config: LLaDA2MoeConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        rotary_dim, theta = config.rotary_dim, config.rope_parameters["rope_theta"]
+        exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float)
+        return 1.0 / (theta ** (exponents / rotary_dim)), 1.0
 
     @torch.no_grad()
+    @dynamic_rope_update
     def forward(self, x: torch.Tensor, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq = self.inv_freq[None, :, None].float().expand(position_ids.shape[0], -1, 1).to(x.device)
         positions = position_ids[:, None, :].float()
@@ -70,7 +90,7 @@ class LLaDA2MoeRotaryEmbedding(nn.Module):
         with torch.autocast(device_type=device_type, enabled=False):
             freqs = (inv_freq @ positions).transpose(1, 2)
             emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -380,7 +400,7 @@ class LLaDA2MoeDecoderLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
         residual = hidden_states
-        hidden_states, attn_weights = self.attention(
+        hidden_states, _ = self.attention(
             self.input_layernorm(hidden_states),
             position_embeddings=position_embeddings,
             attention_mask=attention_mask,
@@ -390,12 +410,11 @@ class LLaDA2MoeDecoderLayer(GradientCheckpointingLayer):
         hidden_states = residual + hidden_states
         residual = hidden_states
         hidden_states = self.post_attention_layernorm(hidden_states)
-        router_logits = None
         if self.is_moe:
-            hidden_states, router_logits = self.mlp(hidden_states)
+            hidden_states, _ = self.mlp(hidden_states)  # the router logits are recorded from the block's output
         else:
             hidden_states = self.mlp(hidden_states)
-        return residual + hidden_states, attn_weights, router_logits
+        return residual + hidden_states
 
 
 class LLaDA2MoePreTrainedModel(PreTrainedModel):
@@ -405,7 +424,7 @@ class LLaDA2MoePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["LLaDA2MoeDecoderLayer"]
     _skip_keys_device_placement = ["past_key_values"]
-    _keep_in_fp32_modules_strict = ["expert_bias", "proj_scale_inv"]
+    _keep_in_fp32_modules_strict = ["expert_bias"]  # the FP8 scales join them where they exist (LLaDA2MoeModel)
     # Some releases store no router bias; zeros (the init) are then exact.
     _keys_to_ignore_on_load_missing = [r"mlp\.gate\.expert_bias"]
     _supports_sdpa = True
@@ -428,8 +447,10 @@ class LLaDA2MoePreTrainedModel(PreTrainedModel):
             _init("normal_", module.weight, mean=0.0, std=std)
             _init("zeros_", module.expert_bias)
         elif isinstance(module, LLaDA2MoeRotaryEmbedding):
-            # A non-persistent buffer: models built on the meta device by from_pretrained must recompute it here.
-            _init("copy_", module.inv_freq, other=module.compute_inv_freq(module.inv_freq.device))
+            # Non-persistent buffers: models built on the meta device by from_pretrained must recompute them here.
+            inv_freq, _ = module.compute_inv_freq(module.inv_freq.device)
+            _init("copy_", module.inv_freq, other=inv_freq)
+            _init("copy_", module.original_inv_freq, other=inv_freq)
         elif isinstance(module, LLaDA2MoeExperts) and module.fp8 is None:
             _init("normal_", module.gate_up_proj, mean=0.0, std=std)
             _init("normal_", module.down_proj, mean=0.0, std=std)
@@ -647,6 +668,14 @@ def _init(name, tensor, **kwargs):
 
 
 class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
+    # What `output_hidden_states` / `output_attentions` / `output_router_logits` collect, through transformers' output
+    # capturing: only what is asked for is recorded, and the layers return nothing else.
+    _can_record_outputs = {
+        "hidden_states": LLaDA2MoeDecoderLayer,
+        "attentions": OutputRecorder(LLaDA2MoeAttention, index=1),
+        "router_logits": OutputRecorder(LLaDA2MoeSparseMoeBlock, index=1),
+    }
+
     def __init__(self, config: LLaDA2MoeConfig):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
@@ -655,6 +684,9 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
         self.norm = LLaDA2MoeRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = LLaDA2MoeRotaryEmbedding(config)
         self.gradient_checkpointing = False
+        if config.experts_fp8 is not None:  # FP8 block scales are loaded and kept in float32 whatever the dtype
+            self._keep_in_fp32_modules_strict = [*self._keep_in_fp32_modules_strict, "gate_up_proj_scale_inv",
+                                                 "down_proj_scale_inv"]
         self.post_init()
 
     def get_input_embeddings(self):
@@ -663,6 +695,7 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
     def set_input_embeddings(self, value):
         self.word_embeddings = value
 
+    @capture_outputs
     def forward(
         self,
         input_ids: Optional[torch.LongTensor] = None,
@@ -674,19 +707,14 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
         output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         output_router_logits: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
         cache=None,
         **kwargs,
-    ) -> Union[tuple, MoeModelOutputWithPast]:
+    ) -> MoeModelOutputWithPast:
+        r"""
+        output_attentions / output_hidden_states / output_router_logits: read by `capture_outputs` (defaults: the
+            config's); hidden states are the input of each layer plus the final normed state.
+        """
         past_key_values = _one_cache(past_key_values, cache)
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_router_logits = (
-            output_router_logits if output_router_logits is not None else self.config.output_router_logits
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
         if inputs_embeds is None:
@@ -709,33 +737,18 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
-        all_hidden, all_attn, all_router = (), (), ()
         for layer in self.layers:
-            if output_hidden_states:
-                all_hidden += (hidden_states,)
-            hidden_states, attn_weights, router_logits = layer(
+            hidden_states = layer(
                 hidden_states,
                 position_embeddings=position_embeddings,
                 attention_mask=attention_mask,
                 past_key_values=past_key_values,
                 **kwargs,
             )
-            if output_attentions:
-                all_attn += (attn_weights,)
-            if output_router_logits and router_logits is not None:
-                all_router += (router_logits,)
         hidden_states = self.norm(hidden_states)
-        if output_hidden_states:
-            all_hidden += (hidden_states,)
-
-        output = MoeModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            **{_cache_field(MoeModelOutputWithPast): past_key_values},
-            hidden_states=all_hidden if output_hidden_states else None,
-            attentions=all_attn if output_attentions else None,
-            router_logits=all_router if output_router_logits else None,
+        return MoeModelOutputWithPast(
+            last_hidden_state=hidden_states, **{_cache_field(MoeModelOutputWithPast): past_key_values}
         )
-        return output if return_dict else output.to_tuple()
 
 
 def prepare_attention_mask(attention_mask, *, batch, query_length, key_length, dtype, attn_implementation):
@@ -801,6 +814,12 @@ class LLaDA2MoeForCausalLM(LLaDA2MoePreTrainedModel, LLaDA2MoeGenerationMixin):
     def get_decoder(self):
         return self.model
 
+    @classmethod
+    def can_generate(cls) -> bool:
+        # transformers would say True for any base whose name contains "GenerationMixin"; the real reason is that the
+        # class has a generate() (block diffusion, `generation_llada2_uni.py`) and the generation config it reads.
+        return callable(getattr(cls, "generate", None)) and callable(getattr(cls, "prepare_inputs_for_generation", None))
+
     def forward(
         self,
         input_ids: Optional[torch.LongTensor] = None,
@@ -816,30 +835,43 @@ class LLaDA2MoeForCausalLM(LLaDA2MoePreTrainedModel, LLaDA2MoeGenerationMixin):
         return_dict: Optional[bool] = None,
         logits_to_keep: Union[int, torch.Tensor] = 0,
         cache=None,
+        objective: Optional[str] = None,
+        generator: Optional[torch.Generator] = None,
         **kwargs,
     ) -> Union[tuple, MoeCausalLMOutputWithPast]:
         r"""
-        labels (`torch.LongTensor` [B, L], *optional*): two uses, told apart by the inputs.
-            * `input_ids` hold no mask token (clean sequences, what the collators give): the masked-diffusion training
-              objective (`training_llada2_uni.py`, settings in `config.diffusion_training`). `labels` mark the
-              supervised positions (the clean token there, -100 elsewhere); each sample is masked at a random ratio,
-              run as [x_t ; x_0] under the block-diffusion mask, and the loss covers the masked positions. The
-              returned `logits` are those of x_t. `attention_mask` must be the 2-D padding mask (or None).
-            * `input_ids` already contain mask tokens (the caller noised them): plain unshifted cross-entropy with
-              `labels` as targets (-100 ignored), under the caller's `attention_mask`.
+        labels (`torch.LongTensor` [B, L], *optional*): the training loss; what it is depends on the objective alone
+            (`objective`, else `config.diffusion_training["objective"]`, default "block"), never on the tokens:
+            * "block" / "full" (masked diffusion, `training_llada2_uni.py`): `input_ids` are clean sequences (what the
+              collators give) and `labels` mark the supervised positions (the clean token there, -100 elsewhere).
+              Each sample is masked at a random ratio, run ([x_t ; x_0] under the block-diffusion mask for "block"),
+              and the loss covers the masked positions. The returned `logits` are those of x_t. `attention_mask` must
+              be the 2-D padding mask (or None).
+            * "cross_entropy": the inputs are run as given (the caller noised them, any `attention_mask`), and the loss
+              is the plain unshifted cross-entropy against `labels` (-100 ignored).
+        objective (`str`, *optional*): "block", "full" or "cross_entropy" for this call, instead of the config's.
+        generator (`torch.Generator`, *optional*): the random source of the masked-diffusion noise (mask ratios and
+            positions); the global one when None.
         logits_to_keep (`int` or `torch.Tensor`, *optional*):
             Keep only the last `logits_to_keep` positions (an int) or the given positions (a 1-D index tensor).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         past_key_values = _one_cache(past_key_values, cache)
-        mask_id = self.config.get_text_config().mask_token_id
-        if labels is not None and input_ids is not None and past_key_values is None and not (
-            mask_id is not None and (input_ids == mask_id).any()
-        ):
+        # Only the flags given are passed on: the backbone reads the config's for the others.
+        flags = {name: value for name, value in (("output_attentions", output_attentions),
+                                                 ("output_hidden_states", output_hidden_states),
+                                                 ("output_router_logits", output_router_logits)) if value is not None}
+        if labels is None and objective is not None:
+            raise ValueError("`objective` chooses the loss of `labels`, and no `labels` were given.")
+        text_config = self.config.get_text_config()
+        training = DiffusionTrainingArguments.from_config(text_config, objective) if labels is not None else None
+        if training is not None and training.objective in DIFFUSION_OBJECTIVES:
+            if input_ids is None or past_key_values is not None:
+                raise ValueError(f"the {training.objective!r} objective masks clean `input_ids` itself and runs without "
+                                 "a cache; for inputs_embeds or a cache, use objective='cross_entropy'.")
             loss, logits, outputs = masked_diffusion_forward(
-                self, input_ids, labels, attention_mask, mask_id, output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states, output_router_logits=output_router_logits,
-                logits_to_keep=torch.arange(input_ids.shape[1], device=input_ids.device), **kwargs,
+                self, input_ids, labels, attention_mask, text_config.mask_token_id, args=training, generator=generator,
+                logits_to_keep=torch.arange(input_ids.shape[1], device=input_ids.device), **flags, **kwargs,
             )
             output = MoeCausalLMOutputWithPast(
                 loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
@@ -852,10 +884,8 @@ class LLaDA2MoeForCausalLM(LLaDA2MoePreTrainedModel, LLaDA2MoeGenerationMixin):
             position_ids=position_ids,
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            output_router_logits=output_router_logits,
             return_dict=True,
+            **flags,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state

@@ -13,6 +13,12 @@ token i).
   blocks clean, the current block partly masked.
 * "full" objective (MDLM): the input is x_t alone, bidirectional over the real tokens.
 
+* "cross_entropy": no noising here. The inputs are run as given (under the caller's mask) and the loss is the plain
+  unshifted cross-entropy of their logits against `labels`: for callers that noise the inputs themselves.
+
+The objective is a setting (`config.diffusion_training["objective"]`, or `forward(objective=...)` for one call), never
+inferred from the batch: a batch that happens to hold the mask token id trains exactly like one that does not.
+
 Loss: with `loss_weighting="inverse_t"` (the ELBO, paper and dllm), sum over masked positions of CE / t divided by
 the number of supervised positions; with "none" (dFactory), the mean CE over masked positions. Complementary
 masking (paper, post-training) adds, for every sample, the copy whose mask is the complement on the supervised
@@ -25,7 +31,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-OBJECTIVES = ("block", "full")
+DIFFUSION_OBJECTIVES = ("block", "full")  # the ones that mask clean inputs themselves
+OBJECTIVES = DIFFUSION_OBJECTIVES + ("cross_entropy",)
 WEIGHTINGS = ("inverse_t", "none")
 
 
@@ -41,12 +48,17 @@ class DiffusionTrainingArguments:
     complementary_masking: bool = False
 
     @classmethod
-    def from_config(cls, config) -> "DiffusionTrainingArguments":
+    def from_config(cls, config, objective: Optional[str] = None) -> "DiffusionTrainingArguments":
+        """The settings of `config` (a text config); `objective`, when given, replaces the configured one."""
         settings = dict(getattr(config, "diffusion_training", None) or {})
         unknown = sorted(set(settings) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"`diffusion_training` has unknown keys {unknown}; accepted: "
                              f"{sorted(cls.__dataclass_fields__)}.")
+        if objective is not None:
+            if objective not in OBJECTIVES:
+                raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {objective!r}.")
+            settings["objective"] = objective
         args = cls(**settings)
         if args.block_length is None:
             args.block_length = config.block_length
@@ -120,17 +132,22 @@ def diffusion_loss(logits: torch.Tensor, targets: torch.Tensor, masked: torch.Te
     return (ce * weights).sum() / supervised_count.clamp(min=1)
 
 
-def masked_diffusion_forward(model, input_ids, labels, attention_mask, mask_token_id, **kwargs):
+def masked_diffusion_forward(model, input_ids, labels, attention_mask, mask_token_id, args=None, **kwargs):
     """Run `model` (the backbone forward, called as `model(input_ids=..., attention_mask=..., position_ids=...)`)
-    on the noised input and return (loss, logits of x_t [N, L, V]).
+    on the noised input and return (loss, logits of x_t [N, L, V], the model's outputs).
 
     `labels` mark the supervised positions (not -100); their values must be the clean tokens of `input_ids`.
-    `attention_mask` [B, L] marks real tokens (1) and padding (0) and may be None.
+    `attention_mask` [B, L] marks real tokens (1) and padding (0) and may be None. `args` (one of the diffusion
+    objectives) defaults to the model config's settings.
     """
-    args = DiffusionTrainingArguments.from_config(model.config.get_text_config())
+    if args is None:
+        args = DiffusionTrainingArguments.from_config(model.config.get_text_config())
+    if args.objective not in DIFFUSION_OBJECTIVES:
+        raise ValueError(f"masked_diffusion_forward runs the objectives {DIFFUSION_OBJECTIVES}, not {args.objective!r}.")
     if attention_mask is not None and attention_mask.dim() != 2:
-        raise ValueError("training with `labels` on clean `input_ids` takes a 2-D padding `attention_mask` [B, L] "
-                         "(the objective builds its own block mask); pass pre-masked inputs for a custom mask.")
+        raise ValueError(f"the {args.objective!r} objective takes a 2-D padding `attention_mask` [B, L] (it builds its "
+                         "own block mask); for a custom mask on inputs you noised yourself, use "
+                         "objective='cross_entropy'.")
     if labels.shape != input_ids.shape:
         raise ValueError(f"`labels` must have the shape of `input_ids` {list(input_ids.shape)}, got "
                          f"{list(labels.shape)}.")
@@ -138,8 +155,9 @@ def masked_diffusion_forward(model, input_ids, labels, attention_mask, mask_toke
         raise ValueError("the config has no `mask_token_id`; the masked-diffusion objective needs it.")
     supervised = labels != -100
     if (labels[supervised] != input_ids[supervised]).any():
-        raise ValueError("`labels` must equal `input_ids` where they are not -100 (they mark which clean tokens are "
-                         "supervised; the objective masks them itself).")
+        raise ValueError(f"`labels` must equal `input_ids` where they are not -100 (they mark which clean tokens are "
+                         f"supervised; the {args.objective!r} objective masks them itself). For inputs you noised "
+                         "yourself, use objective='cross_entropy'.")
     padding = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
     if (supervised & ~padding).any():
         raise ValueError("`labels` supervise padding positions (attention_mask 0); set them to -100.")
@@ -163,6 +181,8 @@ def masked_diffusion_forward(model, input_ids, labels, attention_mask, mask_toke
 
 
 __all__ = [
+    "DIFFUSION_OBJECTIVES",
+    "OBJECTIVES",
     "DiffusionTrainingArguments",
     "block_diffusion_mask",
     "diffusion_loss",
