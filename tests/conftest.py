@@ -19,6 +19,14 @@ SRC_DIR = REPO_ROOT / "src"
 PARITY_DIR = REPO_ROOT / "tests" / "data" / "parity"
 
 
+def pytest_configure(config):
+    # Markers transformers' common test suites put on their tests (test_upstream_*.py); transformers registers them in
+    # its own repository's conftest, which is not part of the suites we fetch.
+    for marker in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test",
+                   "torch_compile_test"):
+        config.addinivalue_line("markers", f"{marker}: set by transformers' common tests")
+
+
 def require_parity_dir() -> Path:
     """PARITY_DIR, or a test failure: the fixtures are part of the repository, so their absence is a broken checkout
     that must show up red, not as quietly skipped parity tests."""
