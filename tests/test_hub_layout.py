@@ -148,3 +148,27 @@ def test_converter_takes_a_repo_id_from_the_cache(hub_cache, tmp_path, parity_ch
                               "--output", str(tmp_path / "x")], cwd=REPO_ROOT, capture_output=True, text=True,
                              env=env, timeout=120)
     assert missing.returncode != 0 and "nobody/none" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_command_line_takes_a_repo_id_offline(hub_cache, tmp_path):
+    env = {**offline_env(), "HF_HUB_CACHE": str(hub_cache)}
+    out = tmp_path / "drawn.png"
+    result = subprocess.run([sys.executable, "-m", "diffusers_llada_uni.cli", "generate", "a red circle on the left",
+                             "-o", str(out), "--model", "llada-uni/shapes", "--device", "cpu", "--dtype", "bfloat16"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert out.is_file()
+
+
+def test_a_vae_config_that_would_blank_every_picture_is_refused(tmp_path):
+    from diffusers_llada_uni import LLaDA2UniPipeline
+
+    folder = tmp_path / "bad-vae"
+    shutil.copytree(model_path(), folder)
+    config = json.loads((folder / "vae" / "config.json").read_text())
+    config["scaling_factor"] = 0
+    (folder / "vae" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="scaling_factor"):
+        LLaDA2UniPipeline.from_pretrained(folder)
+    with pytest.raises(ValueError, match="prompt"):
+        LLaDA2UniPipeline.from_pretrained(model_path())("   ")

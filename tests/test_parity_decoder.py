@@ -135,3 +135,19 @@ def test_turbo_noise_is_the_seed_protocol(parity_dir):
         if t_next < 1:
             torch.testing.assert_close(out / (1 - t_next), fixture["turbo_step_noise"][i][:, :, 0], atol=1e-12,
                                        rtol=1e-12)
+
+
+@pytest.mark.parametrize("decoder", ["normal", "turbo"])
+def test_diffusers_own_loader_gives_the_original_image(converted, decoder):
+    """The same parity through `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`: diffusers itself
+    reads the converted folder (root pipeline file, custom components), and its decoder parts reproduce the image."""
+    from diffusers import DiffusionPipeline
+
+    full = DiffusionPipeline.from_pretrained(converted, trust_remote_code=True)
+    transformer = full.transformer if decoder == "normal" else full.transformer_turbo
+    scheduler = full.scheduler if decoder == "normal" else full.scheduler_turbo
+    pipe = LLaDA2UniDecoderPipeline(full.semantic_embedder, transformer, full.vae, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    fixture = _fixture(PARITY_DIR, decoder)
+    image = _run(pipe, fixture, output_type="pt")
+    assert (image[0] - fixture["image"]).abs().max() < ATOL

@@ -29,7 +29,7 @@ from .hub_layout import (
     check_decoder,
     default_scheduler,
 )
-from .loading import HUB_KWARGS, ComponentSource, decoder_component_names, save_component
+from .loading import HUB_KWARGS, ComponentSource, check_vae_config, decoder_component_names, save_component
 from .model_card import write_model_card
 from .pipeline_llada2_uni_decoder import (
     OUTPUT_TYPES,
@@ -91,6 +91,8 @@ class LLaDA2UniPipeline(DiffusionPipeline):
     def __init__(self, processor, mllm, semantic_embedder=None, transformer=None, vae=None, scheduler=None,
                  transformer_turbo=None, scheduler_turbo=None):
         super().__init__()
+        if vae is not None:
+            check_vae_config(vae.config, "vae/config.json")
         self.register_modules(processor=processor, mllm=mllm, semantic_embedder=semantic_embedder,
                               transformer=transformer, vae=vae, scheduler=scheduler,
                               transformer_turbo=transformer_turbo, scheduler_turbo=scheduler_turbo)
@@ -480,8 +482,8 @@ def _multiplier(pixels_per_token: int) -> int:
 
 def _texts(value, name: str) -> list:
     values = [value] if isinstance(value, str) else value
-    if not isinstance(values, (list, tuple)) or not values or not all(isinstance(v, str) and v for v in values):
-        raise ValueError(f"`{name}` must be a non-empty string or a non-empty list of them, got {value!r}.")
+    if not isinstance(values, (list, tuple)) or not values or not all(isinstance(v, str) and v.strip() for v in values):
+        raise ValueError(f"`{name}` must be a non-blank string or a non-empty list of them, got {value!r}.")
     return list(values)
 
 

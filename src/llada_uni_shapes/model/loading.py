@@ -114,6 +114,8 @@ class ComponentSource:
         if name in _MODEL_CLASSES:
             model = _MODEL_CLASSES[name].from_pretrained(self.folder, subfolder=self.subfolders[name],
                                                          **self._model_kwargs(name))
+            if name == "vae":
+                check_vae_config(model.config, self.path(name) / "config.json")
             return model.eval()
         # The transformers half lives at the root; the loaders read it there (plugin classes, else remote code).
         if name == "mllm":
@@ -122,6 +124,19 @@ class ComponentSource:
         if name == "processor":
             return LLaDA2UniProcessorLoader.from_pretrained(self.path(name) / name)
         raise ValueError(f"unknown component {name!r}")
+
+
+def check_vae_config(config, path):
+    """The latent is mapped to the VAE as latent / scaling_factor + shift_factor: a zero or non-finite factor would
+    decode every picture blank or NaN without a word."""
+    import math
+
+    for key in ("scaling_factor", "shift_factor"):
+        value = getattr(config, key, None)
+        bad = value is None or not isinstance(value, (int, float)) or not math.isfinite(value)
+        if bad or (key == "scaling_factor" and value == 0):
+            raise ValueError(f"{path}: `{key}` is {value!r}; the decoder needs a finite, non-zero scaling_factor "
+                             "and a finite shift_factor (re-convert the folder).")
 
 
 def decoder_component_names(decoders) -> list:

@@ -17,7 +17,7 @@ from diffusers.utils import replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
 from .hub_layout import DECODER_DEFAULTS, DECODERS, MODEL_INDEX, check_decoder
-from .loading import HUB_KWARGS, ComponentSource, save_components
+from .loading import HUB_KWARGS, ComponentSource, check_vae_config, save_components
 from .scheduling_llada2_uni import LLaDA2UniFlowMatchEulerScheduler
 from .semantic_embedder import LLaDA2UniSemanticEmbedder, check_grid
 
@@ -70,6 +70,7 @@ class LLaDA2UniDecoderPipeline(DiffusionPipeline):
         scheduler: LLaDA2UniFlowMatchEulerScheduler,
     ):
         super().__init__()
+        check_vae_config(vae.config, "vae/config.json")
         self.register_modules(semantic_embedder=semantic_embedder, transformer=transformer, vae=vae,
                               scheduler=scheduler)
 
