@@ -4,6 +4,7 @@ Hugging Face cache under a repo id, load offline through diffusers' own `Diffusi
 
 import json
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 
@@ -172,3 +173,25 @@ def test_a_vae_config_that_would_blank_every_picture_is_refused(tmp_path):
         LLaDA2UniPipeline.from_pretrained(folder)
     with pytest.raises(ValueError, match="prompt"):
         LLaDA2UniPipeline.from_pretrained(model_path())("   ")
+
+
+def test_a_failed_save_leaves_the_earlier_save_whole(tmp_path, monkeypatch):
+    from diffusers_llada_uni import LLaDA2UniPipeline
+
+    pipe = LLaDA2UniPipeline.from_pretrained(model_path())
+    target = tmp_path / "saved"
+    pipe.save_pretrained(target)
+    before = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    assert LLaDA2UniPipeline.from_pretrained(target).decoders == ["normal", "turbo"]
+
+    def disk_full(folder, **kwargs):
+        (Path(folder) / "diffusion_pytorch_model.safetensors").parent.mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "diffusion_pytorch_model.safetensors").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipe.vae, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        pipe.save_pretrained(target)
+    after = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    assert after == before
+    assert not list(tmp_path.glob(".saved.saving-*"))

@@ -12,7 +12,7 @@ from typing import Optional, Union
 import torch
 from diffusers import AutoencoderKL, ZImageTransformer2DModel
 
-from .hub_files import write_pipeline_files
+from .hub_files import staged_save, write_pipeline_files
 from .hub_layout import DECODERS, LIBRARIES, SCHEDULER_SETTINGS, SUBFOLDERS, read_subfolders
 from .llada2_uni_loaders import LLaDA2UniModelLoader, LLaDA2UniProcessorLoader
 from .scheduling_llada2_uni import LLaDA2UniFlowMatchEulerScheduler
@@ -150,16 +150,14 @@ def save_components(components: dict, folder, pipeline_class: str, **save_kwargs
     """Write every non-None component into its folder of `folder`, with the code files and the model_index.json
     that list them (`hub_files.write_pipeline_files`)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    present = []
-    for name, component in components.items():
-        if component is None:
-            continue
-        if name not in LIBRARIES:
-            raise ValueError(f"cannot save the unknown component {name!r}")
-        save_component(component, folder / SUBFOLDERS[name], **save_kwargs)
-        present.append(name)
-    write_pipeline_files(folder, present, pipeline_class)
+    unknown = [name for name, component in components.items() if component is not None and name not in LIBRARIES]
+    if unknown:
+        raise ValueError(f"cannot save the unknown component(s) {unknown}")
+    present = [name for name, component in components.items() if component is not None]
+    with staged_save(folder) as staging:
+        for name in present:
+            save_component(components[name], staging / SUBFOLDERS[name], **save_kwargs)
+        write_pipeline_files(staging, present, pipeline_class)
     return folder
 
 

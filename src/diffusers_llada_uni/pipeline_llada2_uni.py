@@ -21,7 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 # modules cache (`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`).
 from .llada2_uni_loaders import LLaDA2UniModelLoader  # noqa: F401
 from .scheduling_llada2_uni import LLaDA2UniFlowMatchEulerScheduler  # noqa: F401
-from .hub_files import upload_folder, write_pipeline_files
+from .hub_files import staged_save, upload_folder, write_pipeline_files
 from .hub_layout import (
     DECODER_DEFAULTS,
     DECODERS,
@@ -158,17 +158,15 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         are loaded one at a time to be written. `push_to_hub=True` uploads the folder (`repo_id=`, `token=`,
         `private=`, `commit_message=`)."""
         folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        present = []
-        for name in SUBFOLDERS:
-            if getattr(self, name, None) is None and name not in self._staged:
-                continue
-            with self._stage(name) as component:
-                save_component(component, folder / SUBFOLDERS[name], safe_serialization, variant)
-            present.append(name)
-        write_pipeline_files(folder, present, type(self).__name__)
+        present = [name for name in SUBFOLDERS if getattr(self, name, None) is not None or name in self._staged]
         source = getattr(self.config, "_name_or_path", None)
-        write_model_card(folder, base_model=source if source and not Path(source).is_dir() else None)
+        with staged_save(folder) as staging:  # no half-written file in `folder`, whatever happens
+            for name in present:
+                with self._stage(name) as component:
+                    save_component(component, staging / SUBFOLDERS[name], safe_serialization, variant)
+            write_pipeline_files(staging, present, type(self).__name__)
+            if not (folder / "README.md").exists():
+                write_model_card(staging, base_model=source if source and not Path(source).is_dir() else None)
         if push_to_hub:
             upload_folder(folder, **kwargs)
         elif kwargs:

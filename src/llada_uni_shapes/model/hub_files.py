@@ -7,6 +7,7 @@ remote code saves the same files it was loaded with.
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from .hub_layout import CODE_FILES, ROOT_CODE_FILES, write_model_index
@@ -24,6 +25,26 @@ def copy_atomically(source: Path, target: Path):
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+@contextmanager
+def staged_save(folder):
+    """Write a save into a hidden folder beside `folder`, then move each finished file into place with one rename,
+    so that a crash or a full disk never leaves a truncated file under `folder` (files it already had stay whole)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}.saving-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # a save that crashed earlier
+    staging = folder.parent / f".{folder.name}.saving-{os.getpid()}"
+    staging.mkdir()
+    try:
+        yield staging
+        for source in sorted(p for p in staging.rglob("*") if p.is_file()):
+            target = folder / source.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def code_file_targets(present) -> dict:
@@ -55,4 +76,4 @@ def upload_folder(folder, repo_id: str = None, token=None, private=None, commit_
                              commit_message=commit_message or "Upload LLaDA2.0-Uni (transformers + diffusers layout)")
 
 
-__all__ = ["code_file_targets", "copy_atomically", "upload_folder", "write_pipeline_files"]
+__all__ = ["code_file_targets", "copy_atomically", "staged_save", "upload_folder", "write_pipeline_files"]
