@@ -589,3 +589,14 @@ def test_input_grids_never_exceed_the_size_tokens(processor):
     # The bare image processor (no tokenizer to respect) keeps the release's geometry.
     _, h, w = processor.image_processor.preprocess([wide], mode="understanding")["image_grid_thw"][0].tolist()
     assert max(h, w) > largest
+
+
+@pytest.mark.parametrize("edit_crop", ["center", "cover"])
+def test_edit_grid_is_what_preprocess_gives(processor, edit_crop):
+    image_processor = processor.image_processor
+    for height, width in ((64, 96), (512, 512), (300, 1100), (1024, 200), (37, 45)):
+        image = np.zeros((height, width, 3), np.uint8)
+        for limit in (None, 7):
+            out = image_processor.preprocess([image], mode="edit", edit_crop=edit_crop, max_grid_side=limit)
+            expected = tuple(out["image_grid_thw"][0, 1:].tolist())
+            assert image_processor.edit_grid(image, edit_crop=edit_crop, max_grid_side=limit) == expected

@@ -395,9 +395,7 @@ class LLaDA2UniPipeline(DiffusionPipeline):
 
     def _edit_grid(self, source) -> tuple:
         source = self.processor._check_image(source)
-        grid = self.processor.image_processor.preprocess([source], mode="edit", return_tensors="pt",
-                                                         max_grid_side=self.processor.num_reserved_tokens - 1)
-        return tuple(int(v) for v in grid["image_grid_thw"][0, 1:])
+        return self.processor.image_processor.edit_grid(source, max_grid_side=self.processor.num_reserved_tokens - 1)
 
     def _understand(self, mllm, image, question, llm):
         questions = _texts(question, "question")

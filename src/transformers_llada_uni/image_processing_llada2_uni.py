@@ -44,16 +44,19 @@ def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, fact
     return h_bar, w_bar
 
 
+def cover_geometry(width: int, height: int, target_h: int, target_w: int, factor: int = 32) -> tuple:
+    """((resized w, h), (crop w, h)) of `resize_to_cover_and_crop`, computed without touching pixels."""
+    scale = max(target_h / height, target_w / width)
+    new_h, new_w = int(round(height * scale)), int(round(width * scale))
+    return (new_w, new_h), (max((new_w // factor) * factor, target_w), max((new_h // factor) * factor, target_h))
+
+
 def resize_to_cover_and_crop(image, target_h: int, target_w: int, factor: int = 32):
     """Bicubic resize so the image covers (target_h, target_w), then a centred crop aligned to `factor`."""
     from PIL import Image
 
-    width, height = image.size
-    scale = max(target_h / height, target_w / width)
-    new_h, new_w = int(round(height * scale)), int(round(width * scale))
+    (new_w, new_h), (crop_w, crop_h) = cover_geometry(image.width, image.height, target_h, target_w, factor)
     image = image.resize((new_w, new_h), resample=Image.BICUBIC)
-    crop_h = max((new_h // factor) * factor, target_h)
-    crop_w = max((new_w // factor) * factor, target_w)
     top, left = (new_h - crop_h) // 2, (new_w - crop_w) // 2
     return image.crop((left, top, left + crop_w, top + crop_h))
 
@@ -266,15 +269,29 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
                                    self.resize_factor) for side in target)
             return resize_to_cover_and_crop(image, *target, factor=self.resize_factor)
         if mode == "edit":
-            candidates = crop_size_candidates(self.edit_max_cells, self.resize_factor, self.edit_max_ratio)
-            if largest is not None:
-                candidates = [size for size in candidates if max(size) <= largest] or candidates
-            crop_w, crop_h = best_crop_size(image.width, image.height, candidates)
+            crop_w, crop_h = self._edit_target(image.width, image.height, max_grid_side)
             if (edit_crop or self.edit_crop) == "cover":
                 return resize_to_cover_and_crop(image, crop_h, crop_w, factor=self.resize_factor)
             left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
             return image.crop((left, top, left + crop_w, top + crop_h))  # outside the image: black
         return image
+
+    def _edit_target(self, width: int, height: int, max_grid_side: Optional[int]) -> tuple:
+        """The edit path's (width, height) target: the candidate crop closest to the image's aspect ratio."""
+        candidates = crop_size_candidates(self.edit_max_cells, self.resize_factor, self.edit_max_ratio)
+        if max_grid_side is not None:
+            largest = max_grid_side * self.patch_size
+            candidates = [size for size in candidates if max(size) <= largest] or candidates
+        return best_crop_size(width, height, candidates)
+
+    def edit_grid(self, image, edit_crop: Optional[str] = None, max_grid_side: Optional[int] = None) -> tuple:
+        """The token grid (h, w) `preprocess(image, mode="edit")` gives this image, read from its size alone (the
+        pipeline groups edits by output grid before building their prompts)."""
+        image = to_rgb(image)
+        crop_w, crop_h = self._edit_target(image.width, image.height, max_grid_side)
+        if (edit_crop or self.edit_crop) == "cover":
+            _, (crop_w, crop_h) = cover_geometry(image.width, image.height, crop_h, crop_w, self.resize_factor)
+        return crop_h // self.patch_size, crop_w // self.patch_size
 
     def patchify(self, image) -> torch.Tensor:
         """RGB PIL image (sides multiples of patch_size) -> [h*w, 3*p*p] float32."""
