@@ -45,9 +45,9 @@ def resolve_folder(name_or_path, **hub_kwargs) -> Path:
     try:
         return Path(snapshot_download(text, **{k: v for k, v in hub_kwargs.items() if v is not None}))
     except (LocalEntryNotFoundError, RepositoryNotFoundError, HFValidationError) as exc:
+        where = " offline in the cache" if _offline(hub_kwargs) else ""
         raise ValueError(f"`pretrained_model_name_or_path` {text!r}: not a local folder, and the Hub repo could not "
-                         f"be found{' offline in the cache' if _offline(hub_kwargs) else ''} ({exc.__class__.__name__})."
-                         ) from None
+                         f"be found{where} ({exc.__class__.__name__}).") from None
 
 
 def _offline(hub_kwargs) -> bool:
@@ -81,6 +81,16 @@ class ComponentSource:
         self.model_kwargs = dict(model_kwargs or {})
         self.device_map, self.variant = device_map, variant
         self.subfolders = read_subfolders(self.folder)
+
+    @staticmethod
+    def take_arguments(dtype, kwargs: dict) -> tuple:
+        """(dtype, hub_kwargs) from a pipeline's `from_pretrained` arguments: `torch_dtype` (diffusers' name) is an
+        alias of `dtype`; it and the Hub arguments are taken out of `kwargs`, the rest is left there."""
+        if "torch_dtype" in kwargs:
+            if dtype is not None:
+                raise ValueError("give `dtype` or its alias `torch_dtype`, not both.")
+            dtype = kwargs.pop("torch_dtype")
+        return dtype, {key: kwargs.pop(key) for key in HUB_KWARGS if key in kwargs}
 
     def path(self, name: str) -> Path:
         return self.folder / self.subfolders[name]

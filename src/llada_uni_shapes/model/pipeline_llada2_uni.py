@@ -29,7 +29,7 @@ from .hub_layout import (
     check_decoder,
     default_scheduler,
 )
-from .loading import HUB_KWARGS, ComponentSource, check_vae_config, decoder_component_names, save_component
+from .loading import ComponentSource, check_vae_config, decoder_component_names, save_component
 from .model_card import write_model_card
 from .pipeline_llada2_uni_decoder import (
     OUTPUT_TYPES,
@@ -123,11 +123,7 @@ class LLaDA2UniPipeline(DiffusionPipeline):
             revision, cache_dir, local_files_only, token, force_download, proxies: where a repo id's files come from.
             **kwargs: passed to the transformers model's `from_pretrained` (e.g. `attn_implementation`).
         """
-        if "torch_dtype" in kwargs:
-            if dtype is not None:
-                raise ValueError("give `dtype` or its alias `torch_dtype`, not both.")
-            dtype = kwargs.pop("torch_dtype")
-        hub_kwargs = {key: kwargs.pop(key) for key in HUB_KWARGS if key in kwargs}
+        dtype, hub_kwargs = ComponentSource.take_arguments(dtype, kwargs)
         source = ComponentSource(pretrained_model_name_or_path, dtype=dtype, model_kwargs=kwargs,
                                  hub_kwargs=hub_kwargs, device_map=device_map, variant=variant)
         source.require("mllm", "transformers model")

@@ -84,11 +84,7 @@ class LLaDA2UniDecoderPipeline(DiffusionPipeline):
         `hub_layout.py`). Left out: the one decoder a saved decoder folder holds, else turbo when present.
         `dtype` / `torch_dtype` (one dtype or a per-component dict), `device_map`, `variant` and the Hub arguments
         (`revision`, `cache_dir`, `local_files_only`, `token`, ...) reach every component."""
-        if "torch_dtype" in kwargs:
-            if dtype is not None:
-                raise ValueError("give `dtype` or its alias `torch_dtype`, not both.")
-            dtype = kwargs.pop("torch_dtype")
-        hub_kwargs = {key: kwargs.pop(key) for key in HUB_KWARGS if key in kwargs}
+        dtype, hub_kwargs = ComponentSource.take_arguments(dtype, kwargs)
         if kwargs:
             raise ValueError(f"unsupported arguments: {', '.join(sorted(kwargs))} (accepted: decoder, dtype / "
                              f"torch_dtype, device_map, variant, {', '.join(HUB_KWARGS)}).")
