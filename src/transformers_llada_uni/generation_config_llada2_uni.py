@@ -227,7 +227,7 @@ def _resolve(model_config, model_generation_config, generation_config, overrides
         merged.pad_token_id = merged.eos_token_id if merged.eos_token_id is not None else merged.mask_token_id
     if "max_length" not in explicit or "max_new_tokens" in explicit:  # max_new_tokens wins, as in transformers
         merged.max_length = None
-    _apply_do_sample(merged, explicit)
+    _apply_do_sample(merged)
     merged.check(text_config.vocab_size, text_config.max_position_embeddings)
     if merged.mask_token_id is None:
         raise ValueError("`mask_token_id` is not set: pass `mask_token_id=` (or `mask_id=`) or set it in the "
@@ -235,7 +235,7 @@ def _resolve(model_config, model_generation_config, generation_config, overrides
     return merged, explicit
 
 
-def _apply_do_sample(config, explicit):
+def _apply_do_sample(config):
     """transformers' `do_sample`: False is greedy whatever the temperature; True samples (temperature 1 if unset)."""
     if config.do_sample is None:
         config.do_sample = bool(config.temperature) and config.temperature > 0
