@@ -125,6 +125,64 @@ class LLaDA2UniForConditionalGeneration(LLaDA2UniGenerationMixin, LLaDA2UniTasks
         return filled
 
     @torch.no_grad()
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """
+        Grow or shrink the vocabulary by text ids while every image code keeps its learned rows.
+
+        The codes are the top `codebook_size` ids, so transformers' resize (which adds or cuts rows at the end) would
+        drop or shift them. Here the rows added (or removed) are text ids just below `image_token_offset`; the code
+        rows move with the offset, which is updated in the config. After `tokenizer.add_tokens(...)`, call
+        `model.resize_token_embeddings(len(tokenizer) + model.config.codebook_size)` and set the processor's
+        `image_token_offset` to `model.config.image_token_offset`. New rows start at the mean of the old text rows
+        (`mean_resizing=False`: the model's initialiser). A vocabulary whose codes are not its top ids resizes at the
+        end, as in transformers, but never below the last code.
+        """
+        old = self.get_input_embeddings().weight.shape[0]
+        if new_num_tokens is None:
+            return self.get_input_embeddings()
+        if pad_to_multiple_of is not None:
+            if not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
+                raise ValueError(f"`pad_to_multiple_of` must be a positive int, got {pad_to_multiple_of!r}.")
+            new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+        offset, codebook = self.config.image_token_offset, self.config.codebook_size
+        delta = new_num_tokens - old
+        if offset + codebook != old:  # codes below the top: plain resize at the end, codes stay where they are
+            if new_num_tokens < offset + codebook:
+                raise ValueError(f"`new_num_tokens` ({new_num_tokens}) would cut image codes (ids {offset} to "
+                                 f"{offset + codebook - 1}); give at least {offset + codebook}.")
+            return super().resize_token_embeddings(new_num_tokens, mean_resizing=mean_resizing)
+        text_config = self.config.get_text_config()
+        used = [getattr(text_config, name, None) for name in ("eos_token_id", "pad_token_id", "mask_token_id",
+                                                               "bos_token_id")]
+        used += [getattr(self.config, name, None) for name in ("image_start_token_id", "image_end_token_id",
+                                                               "boi_token_id", "uncondition_token_id")]
+        highest = max([int(i) for i in used if isinstance(i, int)] + [-1])
+        if offset + delta <= highest:
+            raise ValueError(f"`new_num_tokens` ({new_num_tokens}) would remove text id {highest}, a special token "
+                             f"of the config; the smallest allowed is {highest + 1 + codebook}.")
+        if delta == 0:
+            return self.get_input_embeddings()
+        for module in (self.get_input_embeddings(), self.get_output_embeddings()):
+            weight = module.weight
+            text, codes = weight[:offset], weight[offset:]
+            if delta > 0:
+                added = text.float().mean(0, keepdim=True).expand(delta, -1).to(weight.dtype)
+                if not mean_resizing:
+                    added = torch.empty(delta, weight.shape[1], dtype=weight.dtype, device=weight.device)
+                    added.normal_(0.0, getattr(text_config, "initializer_range", 0.02))
+                rows = torch.cat([text, added, codes])
+            else:
+                rows = torch.cat([text[: offset + delta], codes])
+            module.weight = nn.Parameter(rows.contiguous(), requires_grad=weight.requires_grad)
+            if isinstance(module, nn.Embedding):
+                module.num_embeddings = rows.shape[0]
+            else:
+                module.out_features = rows.shape[0]
+        self.vocab_size = text_config.vocab_size = new_num_tokens
+        self.config.image_token_offset = text_config.image_token_offset = offset + delta
+        return self.get_input_embeddings()
+
+    @torch.no_grad()
     def _init_weights(self, module):
         if isinstance(module, (nn.LayerNorm, nn.Conv2d)):
             PreTrainedModel._init_weights(self, module)
