@@ -9,6 +9,13 @@ The task of each row follows its fields:
 | understanding | `image` (or `image_tokens`), `question`, `answer` | the answer + EOS |
 | text-to-image | `prompt`, `target_image` (or `target_image_tokens`) | the h*w image codes |
 | editing | `image` (or `image_tokens`), `instruction`, `target_image` (or `target_image_tokens`) | the h*w codes |
+| thinking text-to-image | `prompt`, `thinking` (the reasoning), `target_image` (or `target_image_tokens`) | the reasoning, the output header and the h*w codes |
+| interleaved | `prompt` (+ optional `image` / `image_tokens`), `segments`: the response in order, each `{"text": ...}` or `{"image": ...}` / `{"image_tokens": ...}` | every segment (image blocks whole) + EOS |
+
+`image` / `image_tokens` of understanding, editing and interleaved rows may hold a list: several pictures, in order
+(two-picture questions, multi-reference edits). A row is the unconditional branch of classifier-free guidance when its
+text (`prompt` / `instruction`) is exactly `<uncondition>` or it has `unconditional=True`: the prompt is then the
+processor's unconditional template for its task (as `return_uncond` writes it), and only the target is kept.
 
 Prompts come from the processor's templates (the ones generation uses). Text targets end with EOS, repeated up to
 the end of its block (`pad_to_block`), which is what block decoding has to produce after an answer. Image targets are
@@ -22,11 +29,17 @@ The batches are clean (nothing is masked here), for the masked-diffusion objecti
 noises itself; which one runs is the model's setting (`config.diffusion_training`), whatever ids a batch holds.
 """
 
+import contextlib
+import logging
+import numbers
 from typing import Optional
 
 import torch
 
+from .prompting_llada2_uni import UNCONDITION
+
 TASK_FIELDS = {
+    "interleaved": ("prompt", "segments"),
     "editing": ("instruction",),
     "understanding": ("question", "answer"),
     "text-to-image": ("prompt",),
@@ -71,7 +84,9 @@ class LLaDA2UniDataCollator:
             return "text"
         has_image = _present(row, "image") or _present(row, "image_tokens")
         has_target = _present(row, "target_image") or _present(row, "target_image_tokens")
-        if _present(row, "instruction"):
+        if _present(row, "segments"):
+            task = "interleaved"
+        elif _present(row, "instruction"):
             task = "editing"
         elif _present(row, "question") or _present(row, "answer"):
             task = "understanding"
@@ -101,15 +116,29 @@ class LLaDA2UniDataCollator:
             batch = self.processor(text=row["question"], mode="understanding", return_tensors=None, **inputs)
             self._collect(batch, pixels)
             return self._with_text_target(batch["input_ids"][0], row["answer"], pixels, index)
+        if task == "interleaved":
+            return self._interleaved(row, pixels, index)
         if task == "text-to-image":
             grid, codes = self._target(row, pixels)
-            batch = self.processor(text=row["prompt"], mode="t2i", grid=grid, return_uncond=False,
-                                   return_tensors=None)
+            thinking = _present(row, "thinking")
+            unconditional = _unconditional(row, "prompt")
+            with _quiet(self.processor, unconditional):
+                batch = self.processor(text=row["prompt"], mode="t2i", grid=grid, thinking=thinking,
+                                       return_uncond=unconditional, return_tensors=None)
+            if unconditional:  # the guidance branch's prompt, output header included
+                return self._with_image_target(batch["uncond_input_ids"][0], codes, pixels, index)
+            if thinking:
+                reasoning = self._text_ids(row["thinking"], "thinking", index)
+                codes = reasoning + self.processor.image_header_ids(*grid) + codes
             return self._with_image_target(batch["input_ids"][0], codes, pixels, index)
         inputs = self._image_inputs(row, "image", self.image_mode)
-        batch = self.processor(text=row["instruction"], mode="edit", return_uncond=False, return_tensors=None,
-                               **inputs)
+        unconditional = _unconditional(row, "instruction")
+        with _quiet(self.processor, unconditional):
+            batch = self.processor(text=row["instruction"], mode="edit", return_uncond=unconditional,
+                                   return_tensors=None, **inputs)
         self._collect(batch, pixels)
+        if unconditional:
+            batch = {"input_ids": batch["uncond_input_ids"]}
         header = [s for s in self.processor.split_generation(batch["input_ids"][0]) if s["type"] == "image"][-1]
         grid, codes = self._target(row, pixels)
         if grid != (header["height"], header["width"]):
@@ -130,9 +159,46 @@ class LLaDA2UniDataCollator:
         return batch["input_ids"][0], row["response"]
 
     def _image_inputs(self, row, name, image_mode):
-        if _present(row, f"{name}_tokens"):  # as an (h, w, codes) triple: a `datasets` row holds nested lists
-            return {"image_tokens": [_grid_codes(row[f"{name}_tokens"])]}
-        return {"images": [row[name]], "image_mode": image_mode}
+        if _present(row, f"{name}_tokens"):  # as (h, w, codes) dicts: a `datasets` row holds nested lists
+            items = [_grid_codes(item) for item in _code_items(row[f"{name}_tokens"])]
+            return {"image_tokens": [[{"h": h, "w": w, "token_ids": codes} for h, w, codes in items]]}
+        images = row[name]
+        return {"images": [list(images) if isinstance(images, (list, tuple)) else images], "image_mode": image_mode}
+
+    def _interleaved(self, row, pixels, index):
+        """Prompt (interleaved template, optional input pictures) + the response's segments as one target: text ids,
+        and image blocks (header, codes or placeholders, `<|/image|>`), then EOS."""
+        inputs = {}
+        if _present(row, "image") or _present(row, "image_tokens"):
+            inputs = self._image_inputs(row, "image", self.understanding_image_mode)
+        unconditional = _unconditional(row, "prompt")
+        with _quiet(self.processor, unconditional):
+            batch = self.processor(text=row["prompt"], mode="interleaved", return_uncond=unconditional,
+                                   return_tensors=None, **inputs)
+        self._collect(batch, pixels)
+        prompt = batch["uncond_input_ids" if unconditional else "input_ids"][0]
+        segments = row["segments"]
+        if not isinstance(segments, (list, tuple)) or not segments:
+            raise ValueError(f"row {index} (interleaved): `segments` must be a non-empty list of {{'text': ...}} / "
+                             "{'image': ...} / {'image_tokens': ...} items.")
+        target = []
+        for number, segment in enumerate(segments):
+            kinds = [k for k in ("text", "image", "image_tokens") if isinstance(segment, dict) and _present(segment, k)]
+            if len(kinds) != 1:
+                raise ValueError(f"row {index} (interleaved): segments[{number}] must be a dict with exactly one of "
+                                 f"'text', 'image', 'image_tokens'; got {segment!r:.80}.")
+            if kinds[0] == "text":
+                target += self._text_ids(segment["text"], f"segments[{number}]", index)
+                continue
+            field = "target_image_tokens" if kinds[0] == "image_tokens" else "target_image"
+            grid, codes = self._target({field: segment[kinds[0]]}, pixels)
+            target += self.processor.image_header_ids(*grid) + codes + [self.processor.image_end_token_id]
+        return self._with_text_target(prompt, None, pixels, index, ids=target)
+
+    def _text_ids(self, text, name, index):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"row {index}: `{name}` is empty.")
+        return self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _target(self, row, pixels):
         """(grid, target ids): codes as vocabulary ids, or placeholders plus the image's pixel_values."""
@@ -150,10 +216,12 @@ class LLaDA2UniDataCollator:
         if batch.get("pixel_values") is not None:
             pixels.append((batch["pixel_values"], batch["image_grid_thw"]))
 
-    def _with_text_target(self, prompt, text, pixels, index):
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"row {index}: the answer / response is empty.")
-        target = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos_id]
+    def _with_text_target(self, prompt, text, pixels, index, ids=None):
+        if ids is None:
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"row {index}: the answer / response is empty.")
+            ids = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+        target = list(ids) + [self.eos_id]
         if self.pad_to_block:
             end = -(-(len(prompt) + len(target)) // self.block_length) * self.block_length
             target += [self.eos_id] * (end - len(prompt) - len(target))
@@ -199,6 +267,50 @@ def _present(row, name) -> bool:
     if isinstance(value, str):
         return bool(value.strip())
     return True
+
+
+def _unconditional(row, text_field) -> bool:
+    """Whether a row is the unconditional (classifier-free guidance) branch: its text is exactly `<uncondition>`
+    (read as the control token here, whereas in user text it stays plain words) or `unconditional` is set."""
+    return bool(row.get("unconditional")) or (isinstance(row.get(text_field), str)
+                                                and row[text_field].strip() == UNCONDITION)
+
+
+@contextlib.contextmanager
+def _quiet(processor, unconditional: bool):
+    """For an unconditional row the processor also builds the conditional prompt around the literal text
+    `<uncondition>` (unused here) and would warn that it reads it as unknown words; silence that one call."""
+    logger = logging.getLogger(type(processor).__module__)
+    level = logger.level
+    if unconditional:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _is_one_code_item(value) -> bool:
+    """A dict, an (h, w, codes) triple or a 2-D grid (nested lists of ints, or a 2-D tensor / array)."""
+    if isinstance(value, dict):
+        return True
+    if isinstance(value, (tuple, list)):
+        if len(value) == 3 and all(isinstance(v, numbers.Integral) for v in value[:2]):
+            return not isinstance(value[2], numbers.Integral)  # else a row of a 3-wide grid
+        return bool(value) and all(isinstance(r, (tuple, list)) and r
+                                   and all(isinstance(v, numbers.Integral) for v in r) for r in value)
+    return hasattr(value, "shape") and len(value.shape) == 2
+
+
+def _code_items(value) -> list:
+    """One image's codes, or a list of several, as a list of items (see `_grid_codes`)."""
+    if _is_one_code_item(value):
+        return [value]
+    if isinstance(value, (tuple, list)) and value and all(_is_one_code_item(item) for item in value):
+        return list(value)
+    if hasattr(value, "shape") and len(value.shape) == 3:
+        return list(value)
+    return [value]  # `_grid_codes` names what is wrong with it
 
 
 def _grid_codes(value):
