@@ -21,6 +21,7 @@ The result loads with `LLaDA2UniPipeline.from_pretrained(out)`.
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -31,12 +32,14 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from examples.shapes.dataset import new_colour_split, split_scenes  # noqa: E402
+from examples.shapes.family import cases, family_rows  # noqa: E402
 from examples.shapes.factory import (  # noqa: E402
     ShapesModelSizes,
     build_model,
     build_pixel_side,
     build_processor,
     build_tokenizer,
+    extend_vocabulary,
     save_pipeline,
 )
 from examples.shapes.roundtrip import roundtrip_codes  # noqa: E402
@@ -44,11 +47,11 @@ from examples.shapes.train_decoder import distill_turbo, train_normal, vae_laten
 from examples.shapes.train_llm import task_rows, train_llm  # noqa: E402
 from examples.shapes.train_tokenizer import encode, patch_pixels, to_target, train_tokenizer  # noqa: E402
 from examples.shapes.train_vae import train_vae  # noqa: E402
-from examples.shapes.world import ALL_COLOURS, VOCABULARY, all_scenes, render  # noqa: E402
+from examples.shapes.world import ALL_COLOURS, EXTRA_WORDS, VOCABULARY, all_scenes, render  # noqa: E402
 
 # Sized for 2 CPU cores (see docs/shapes.md for the time each stage takes); more steps help every stage.
 FULL = {"tokenizer": 1500, "vae": 800, "decoder": 4500, "turbo": 1000, "llm": 4000, "llm2": 2500, "llm3": 2500,
-        "llm4": 2500, "llm5": 2500, "llm6": 2500}
+        "llm4": 2500, "llm5": 2500, "llm6": 2500, "llm7": 3500}
 QUICK = {name: 5 for name in FULL}
 # The LLM trains in six cosine cycles (warm restarts, the rate falling to 5e-4). Flat weighting throughout: the ELBO's
 # 1/t weights make a one-token answer masked at small t count up to 20x, a noisy signal for the understanding rows.
@@ -64,7 +67,9 @@ LLM_PHASES = {"llm": {"lr": 2e-3, "objective": FLAT},
               "llm3": {"lr": 5e-4, "objective": PAIRED},
               "llm4": {"lr": 5e-4, "objective": PAIRED, "rows": {"lookup_repeats": 3, "edit_repeats": 3}},
               "llm5": {"lr": 5e-4, "objective": PAIRED, "rows": LATE_ROWS},
-              "llm6": {"lr": 5e-4, "objective": PAIRED, "rows": {**LATE_ROWS, "roundtrip_rate": 0.4}}}
+              "llm6": {"lr": 5e-4, "objective": PAIRED, "rows": {**LATE_ROWS, "roundtrip_rate": 0.4}},
+              # The newer tasks (family.py), after the tokenizer gains their words; the earlier rows stay in the mix.
+              "llm7": {"lr": 5e-4, "objective": PAIRED, "rows": {**LATE_ROWS, "roundtrip_rate": 0.4}, "family": {}}}
 LLM_BATCH = 32
 
 
@@ -77,9 +82,41 @@ def scene_codes(model, processor, scenes) -> dict:
     return {scene: {"token_ids": row, "h": h, "w": w} for scene, row in zip(scenes, codes)}
 
 
-STAGES = ("tokenizer", "vae", "decoder", "turbo", "llm", "llm2", "llm3", "llm4", "llm5", "llm6")
+# What each stage's work file holds, as (file key, component of a loaded pipeline); "model" is the whole LLM.
+STAGE_PARTS = {"tokenizer": {"visual": "mllm.visual", "vqmodel": "mllm.vqmodel"}, "vae": {"vae": "vae"},
+               "decoder": {"embedder": "semantic_embedder", "transformer": "transformer"},
+               "turbo": {"transformer_turbo": "transformer_turbo"}}
+
+
+def seed_stages(folder: Path, work: Path, log=print):
+    """Fill `work` with stage files taken from a built model folder (e.g. the shipped one), so that `--resume`
+    trains only the stages after it: every stage its `training_summary.json` lists is written with the folder's
+    weights (the LLM's earlier cycles all hold its final LLM) and the time that summary recorded."""
+    from diffusers_llada_uni import LLaDA2UniPipeline
+
+    pipe = LLaDA2UniPipeline.from_pretrained(folder)
+    summary = json.loads((folder / "training_summary.json").read_text())
+    done = [name for name in STAGES if name in summary["timings_s"]]
+    if pipe.mllm.config.image_token_offset != len(build_tokenizer(VOCABULARY)):
+        raise SystemExit(f"error: {folder} has a grown vocabulary; seed from a folder built before llm7")
+    work.mkdir(parents=True, exist_ok=True)
+    for name in done:
+        parts = STAGE_PARTS.get(name, {"model": "mllm"})
+        state = {}
+        for key, path in parts.items():
+            module = pipe
+            for attribute in path.split("."):
+                module = getattr(module, attribute)
+            state[key] = module.state_dict()
+        metrics = {**(summary["metrics"].get(name) or {}), "seeded_from": str(folder)}
+        torch.save({"state": state, "metrics": metrics, "seconds": summary["timings_s"][name]}, work / f"{name}.pt")
+    log(f"seeded {work} with stages {done} from {folder}")
+
+
+STAGES = ("tokenizer", "vae", "decoder", "turbo", "llm", "llm2", "llm3", "llm4", "llm5", "llm6", "llm7")
 NEEDS = {"tokenizer": (), "vae": (), "decoder": ("tokenizer", "vae"), "turbo": ("vae", "decoder"), "llm": ("tokenizer",),
-         "llm2": ("llm",), "llm3": ("llm2",), "llm4": ("llm3",), "llm5": ("llm4",), "llm6": ("llm5", "turbo")}
+         "llm2": ("llm",), "llm3": ("llm2",), "llm4": ("llm3",), "llm5": ("llm4",), "llm6": ("llm5", "turbo"),
+         "llm7": ("llm6", "turbo")}
 
 
 class Stages:
@@ -121,7 +158,7 @@ class Stages:
 
 
 def build(out: Path, *, quick=False, seed=0, threads=None, work=None, stages=STAGES, resume=False,
-          log=print) -> dict:
+          start_from=None, log=print) -> dict:
     """Train `stages` (the others are loaded from `work`) and, when every stage is ready, write the model to `out`."""
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
@@ -139,7 +176,9 @@ def build(out: Path, *, quick=False, seed=0, threads=None, work=None, stages=STA
     model = build_model(tokenizer, sizes, seed=seed)
     pixel = build_pixel_side(sizes, seed=seed)
     run = Stages(Path(work) if work else out.parent / f".{out.name}-work", stages, resume, log)
-    cache = {}
+    if start_from is not None:
+        seed_stages(Path(start_from), run.work, log)
+    cache, extended = {}, []
 
     def codes():  # every scene's code grid, from the trained tokenizer
         if "codes" not in cache:
@@ -173,11 +212,14 @@ def build(out: Path, *, quick=False, seed=0, threads=None, work=None, stages=STA
             cache["roundtrip"] = roundtrip_codes(model, processor, pixel, codes(), train, seed=seed)
         return cache["roundtrip"]
 
-    def train_language(phase, rows=None, **options):  # `rows`: the phase's task_rows options
-        mix = dict(rows or {})
+    def train_language(phase, rows=None, family=None, **options):  # `rows` / `family`: task_rows / family_rows
+        mix, phase_seed = dict(rows or {}), seed + list(LLM_PHASES).index(phase)
         if mix.get("roundtrip_rate"):
             mix["roundtrip_of"] = roundtrip().__getitem__
-        rows = task_rows(train, lambda scene: codes()[scene], seed=seed + list(LLM_PHASES).index(phase), **mix)
+        rows = task_rows(train, lambda scene: codes()[scene], seed=phase_seed, **mix)
+        if family is not None:
+            rows += family_rows(cases(train, seed), lambda scene: codes()[scene], seed=phase_seed, **family)
+            random.Random(phase_seed).shuffle(rows)
         log(f"{phase}: {len(rows)} rows")
         return {"losses": train_llm(model, processor, rows, run.work / "trainer", steps=steps[phase],
                                     batch_size=LLM_BATCH, seed=seed, log=log, **options), "rows": len(rows)}
@@ -190,6 +232,8 @@ def build(out: Path, *, quick=False, seed=0, threads=None, work=None, stages=STA
     run.run("turbo", {"transformer_turbo": pixel["transformer_turbo"]}, train_turbo)
     # The LLM's checkpoint holds the whole composite model, tokenizer included (its weights are frozen here).
     for phase, options in LLM_PHASES.items():
+        if "family" in options and not extended:  # the newer tasks' words join the vocabulary first
+            extended.append(extend_vocabulary(model, processor, EXTRA_WORDS))
         run.run(phase, {"model": model}, lambda: train_language(phase, **options))
     summary = {"timings_s": run.timings, "metrics": run.metrics, "steps": steps,
                "splits": {k: len(v) for k, v in splits.items()}, "pixel_scenes": len(pixel_train), "quick": quick}
@@ -212,13 +256,16 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--work", type=Path, default=None, help="folder for stage checkpoints (default: .<out>-work)")
     parser.add_argument("--resume", action="store_true", help="load the stages a previous run finished")
+    parser.add_argument("--start-from", type=Path, default=None,
+                        help="a built model folder whose stages seed --work first (e.g. src/llada_uni_shapes/model: "
+                             "with --resume, only the stages after it train)")
     parser.add_argument("--stages", default=",".join(STAGES),
                         help="comma-separated stages to train (the others are loaded from --work when there); e.g. "
                              "train the LLM and the pixel side in two processes after the tokenizer")
     args = parser.parse_args(argv)
     summary = build(args.out, quick=args.quick, seed=args.seed, threads=args.threads, work=args.work,
                     stages=[name.strip() for name in args.stages.split(",") if name.strip()], resume=args.resume,
-                    log=lambda message: print(message, flush=True))
+                    start_from=args.start_from, log=lambda message: print(message, flush=True))
     print(json.dumps(summary["timings_s"]))
     return 0
 

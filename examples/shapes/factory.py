@@ -157,6 +157,21 @@ def build_pixel_side(sizes: ShapesModelSizes, seed: int = 0) -> dict:
     }
 
 
+def extend_vocabulary(model, processor, words) -> int:
+    """Add `words` to the tokenizer as whole-word tokens (lower-cased input matches them) and grow the model's
+    vocabulary below the image codes, which keep their rows (`resize_token_embeddings`); the processor follows the
+    new code offset. Returns the number of words added (0 when all are known)."""
+    tokenizer = processor.tokenizer
+    known = tokenizer.get_vocab()
+    new = [w.lower() for w in words if w.lower() not in known]
+    if not new:
+        return 0
+    tokenizer.add_tokens([AddedToken(w, single_word=True, normalized=True) for w in new])
+    model.resize_token_embeddings(len(tokenizer) + model.config.codebook_size)
+    processor.image_token_offset = model.config.image_token_offset
+    return len(new)
+
+
 def save_pipeline(folder, processor, model, pixel_parts: dict) -> Path:
     """Write everything as one converted folder (model + processor at the root, pixel parts in subfolders)."""
     from diffusers_llada_uni import LLaDA2UniPipeline
@@ -176,5 +191,5 @@ def save_untrained(folder, sizes: ShapesModelSizes = None, seed: int = 0) -> Pat
                          build_pixel_side(sizes, seed))
 
 
-__all__ = ["ShapesModelSizes", "build_model", "build_pixel_side", "build_processor", "build_tokenizer",
+__all__ = ["ShapesModelSizes", "build_model", "extend_vocabulary", "build_pixel_side", "build_processor", "build_tokenizer",
            "save_pipeline", "save_untrained"]

@@ -223,3 +223,89 @@ def changed_attribute(source: Scene, target: Scene) -> str:
     (after,) = [s for s in target.shapes if s not in source.shapes]
     (attribute,) = [a for a in ("colour", "shape", "position") if getattr(before, a) != getattr(after, a)]
     return attribute
+
+
+# ------------------------------------------------------------------------------------------ the newer tasks
+# Words of the tasks below (thinking, two pictures, multi-reference edits, interleaved). They joined the world after
+# the first six LLM cycles, so the tokenizer gains them as added tokens (`factory.extend_vocabulary`) and the earlier
+# ids, image codes included, keep their rows.
+EXTRA_WORDS = ("which", "picture", "has", "first", "second", "same", "yes", "no", "did", "put", "of", "draw", "then")
+ORDINALS = ("first", "second")
+
+
+def plan(scene: Scene) -> str:
+    """Thinking-mode reasoning before a picture: what goes where, one clause a shape ("left red circle . top blue
+    square"), in the scene's canonical order."""
+    return " . ".join(f"{s.position} {s.colour} {s.shape}" for s in scene.shapes)
+
+
+def parse_plan(text: str) -> "Scene | None":
+    """The scene a `plan` text states, or None when it is not a valid plan."""
+    shapes = []
+    for clause in text.split("."):
+        parts = words(clause)
+        if len(parts) != 3:
+            return None
+        position, colour, shape = parts
+        if position not in POSITIONS or colour not in ALL_COLOURS or shape not in SHAPES:
+            return None
+        shapes.append(Shape(colour, shape, position))
+    return Scene(tuple(shapes)) if is_valid(shapes) else None
+
+
+def moved(scene: Scene, rng: random.Random) -> "Tuple[Shape, Scene] | None":
+    """One shape of `scene` moved to a free place: (the shape before the move, the new scene); None if none can."""
+    options = [(s, p) for s in scene.shapes for p in POSITIONS
+               if p != s.position and all(o.position != p for o in scene.shapes)]
+    if not options:
+        return None
+    s, p = rng.choice(options)
+    return s, Scene(tuple(Shape(s.colour, s.shape, p) if o == s else o for o in scene.shapes))
+
+
+def pair_questions(first: Scene, second: Scene) -> List[Tuple[str, str]]:
+    """(question, one-word answer) about two pictures; only questions the pair answers unambiguously."""
+    out = []
+    for index, (one, other) in enumerate(((first, second), (second, first))):
+        for s in one.shapes:
+            if (s.colour, s.shape) not in {(o.colour, o.shape) for o in other.shapes}:
+                out.append((f"Which picture has the {s.colour} {s.shape}?", ORDINALS[index]))
+    if len(first.shapes) == 1 and len(second.shapes) == 1:
+        a, b = first.shapes[0], second.shapes[0]
+        out += [("Are the two shapes the same colour?", "yes" if a.colour == b.colour else "no"),
+                ("Are the two shapes the same shape?", "yes" if a.shape == b.shape else "no")]
+    gone = [s for s in first.shapes if s not in second.shapes]
+    came = [s for s in second.shapes if s not in first.shapes]
+    if len(gone) == 1 and len(came) == 1 and (gone[0].colour, gone[0].shape) == (came[0].colour, came[0].shape):
+        out.append((f"Where did the {gone[0].colour} {gone[0].shape} move to?", came[0].position))
+    return out
+
+
+def multi_ref_edits(first: Scene, second: Scene) -> List[Tuple[str, Scene]]:
+    """Instructions over two pictures that change the second: put a shape of the first into it, or give one of its
+    shapes the colour of a shape of the first. Every (instruction, edited second scene) whose result is valid."""
+    out = []
+    named_second = {(s.colour, s.shape) for s in second.shapes}
+    for s in first.shapes:
+        if (s.colour, s.shape) in named_second:
+            continue
+        if is_valid(list(second.shapes) + [s]):
+            out.append((f"put the {s.colour} {s.shape} into the second picture", Scene(second.shapes + (s,))))
+        for t in second.shapes:
+            if (t.colour, t.shape) in {(o.colour, o.shape) for o in first.shapes} or t.colour == s.colour:
+                continue
+            recoloured = [Shape(s.colour, t.shape, t.position) if o == t else o for o in second.shapes]
+            if is_valid(recoloured):
+                out.append((f"make the {t.colour} {t.shape} the colour of the {s.colour} {s.shape}",
+                            Scene(tuple(recoloured))))
+    return out
+
+
+def interleaved_script(scene: Scene, rng: random.Random) -> "Tuple[str, list] | None":
+    """A prompt asking for a picture and a change, and its answer as ordered segments: the caption, the picture,
+    the change in words, the changed picture (`str` and `Scene` items). None when the scene allows no edit."""
+    options = edits(scene, rng)
+    if not options:
+        return None
+    instruction, edited = rng.choice(options)
+    return f"draw {caption(scene)} then {instruction}", [caption(scene), scene, instruction, edited]
