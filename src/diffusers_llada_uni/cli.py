@@ -4,6 +4,7 @@
     llada-uni ask out.png "What colour is the circle?"
     llada-uni edit out.png "make the circle blue" -o edited.png
     llada-uni generate "a red fox in snow" -o fox.png --model PATH_OR_REPO_ID --device cuda --dtype bfloat16
+    llada-uni demo                      # a Gradio app of every task on http://127.0.0.1:7860 (needs ".[demo]")
 
 `--model` defaults to the `LLADA_UNI_MODEL` environment variable, else to the tiny shapes model shipped inside the
 package (48 px pictures of one or two coloured shapes; see docs/shapes.md). Images are read by the processor's own
@@ -124,7 +125,29 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("image")
     edit.add_argument("instruction")
     common(edit, image_output=True)
+    demo = commands.add_parser("demo", help="a Gradio app of every task in the browser (pip install -e \".[demo]\")")
+    demo.add_argument("--model", default=os.environ.get(ENV_MODEL),
+                      help=f"converted model folder or Hub repo id (default: ${ENV_MODEL}, else the shipped shapes "
+                      "model)")
+    demo.add_argument("--device", default=None, help="where the models run (default: cuda when available, else cpu)")
+    demo.add_argument("--dtype", choices=DTYPES, default="auto",
+                      help="weights' dtype: auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16, float16 "
+                      "(cuda only)")
+    demo.add_argument("--host", default="127.0.0.1",
+                      help="address to serve on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
+    demo.add_argument("--port", type=_port, default=7860, help="TCP port (default: 7860)")
+    demo.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")
     return parser
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port in 1..65535, got {text!r}")
+    return value
 
 
 # -------------------------------------------------------------------------------------------------- checks (no model)
@@ -329,7 +352,46 @@ def save_image(image, path, image_format: str) -> None:
 # -------------------------------------------------------------------------------------------------- running
 
 
+def _load_pipeline(model, local, device, dtype):
+    from diffusers_llada_uni import LLaDA2UniPipeline
+
+    try:
+        pipe = LLaDA2UniPipeline.from_pretrained(model, dtype=dtype)
+    except Exception as exc:
+        if local:
+            raise
+        raise CommandError(f"--model {model} is not a local folder, and loading it as a Hub repo id failed: "
+                           f"{' '.join(str(exc).split())}") from None
+    return pipe.to(device)
+
+
+def run_demo(args) -> str:
+    """Serve the Gradio app until Ctrl-C. gradio is checked before the model loads."""
+    from diffusers_llada_uni.demo import build_app, import_gradio, launch
+
+    try:
+        import_gradio()
+    except ImportError as exc:
+        raise CommandError(str(exc)) from None
+    model, local = _model_source(args.model)
+    device, dtype = _device_and_dtype(args)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = _load_pipeline(model, local, device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    app = build_app(pipe, model_name=args.model)  # None: the shipped model, named so
+    try:
+        launch(app, host=args.host, port=args.port)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        raise CommandError(f"cannot serve on --host {args.host} --port {args.port}: {exc}") from None
+    return "demo stopped"
+
+
 def run(args) -> str:
+    if args.command == "demo":
+        return run_demo(args)
     _check_text(args)
     model, local = _model_source(args.model)
     output = check_output(args.output) if getattr(args, "output", None) is not None else None
@@ -339,21 +401,12 @@ def run(args) -> str:
 
     import torch
 
-    from diffusers_llada_uni import LLaDA2UniPipeline
-
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     # On the device that samples: the LLM draws tokens there and a CPU generator cannot drive a CUDA draw.
     settings["generator"] = torch.Generator(device=device).manual_seed(args.seed)
-    try:
-        pipe = LLaDA2UniPipeline.from_pretrained(model, dtype=dtype)
-    except Exception as exc:
-        if local:
-            raise
-        raise CommandError(f"--model {model} is not a local folder, and loading it as a Hub repo id failed: "
-                           f"{' '.join(str(exc).split())}") from None
-    pipe.to(device)
+    pipe = _load_pipeline(model, local, device, dtype)
     if args.command == "ask":
         return pipe(image=image, question=args.question, **settings).text[0]
     if args.resolution_multiplier is not None:
