@@ -15,18 +15,6 @@ STRICT_LOADING = ("from_pretrained is strict by design (DESIGN.md: a checkpoint 
                   "refused, never half-loaded); this test loads a checkpoint with weights missing on purpose and "
                   "expects them to be reported, not refused")
 
-# Failures that are defects of the processor, reported to its owner instead of fixed here (its tokenization is being
-# reworked); each one names what is wrong, and goes when it is fixed (a fixed test listed here still only skips).
-KNOWN_DEFECT = "KNOWN DEFECT, reported"
-PROCESSOR_KWARGS = (f"{KNOWN_DEFECT}: __call__ refuses transformers' ProcessingKwargs conventions (padding, max_length, "
-                    "truncation, image-processor settings at call time, text_kwargs / images_kwargs / common_kwargs)")
-PROCESSOR_CALL_ARGS = (f"{KNOWN_DEFECT}: __call__ takes its settings (mode, thinking, image_cfg, return_uncond, "
-                       "add_bos, ...) as explicit arguments with defaults instead of ProcessingKwargs entries")
-PACKED_PATCHES = ("pixel_values are packed patches [total patches, 3*16*16] with image_grid_thw (the GLM-Image "
-                  "layout), not the [batch, C, H, W] tensor the suite's shape check assumes")
-PIXEL_BOUNDS = (f"{KNOWN_DEFECT}: min_pixels / max_pixels are plain attributes, not transformers' "
-                "size={'shortest_edge', 'longest_edge'}")
-
 OPT_OUTS: dict[str, dict[str, str]] = {
     "llada2_moe": {
         "test_generation_tester_mixin_inheritance": NOT_AUTOREGRESSIVE,
@@ -55,32 +43,14 @@ OPT_OUTS: dict[str, dict[str, str]] = {
     "processor": {
         "test_subprocessor_defaults_0_text": "the processor wraps text in its task's prompt template (system and role "
                                              "turns), so its ids are not the tokenizer's ids of the bare text",
-        "test_apply_chat_template_image_0": PROCESSOR_KWARGS,
-        "test_apply_chat_template_image_1": PROCESSOR_KWARGS,
-        "test_flat_kwarg_applied_when_modality_dict_lacks_it": PROCESSOR_KWARGS,
-        "test_kwargs_overrides_default_subprocessor_kwargs_0_images": PROCESSOR_KWARGS,
-        "test_structured_kwargs_nested_from_dict_0_images": PROCESSOR_KWARGS,
-        "test_subprocessor_defaults_preserved_by_kwargs_0_images": PROCESSOR_KWARGS,
-        "test_unstructured_kwargs_0_images": PROCESSOR_KWARGS,
-        "test_unstructured_kwargs_batched_0_images": PROCESSOR_KWARGS,
-        "test_call_arguments_default_none": PROCESSOR_CALL_ARGS,
-        "test_call_arguments_not_in_processor_kwargs": PROCESSOR_CALL_ARGS,
-        "test_apply_chat_template_assistant_mask": f"{KNOWN_DEFECT}: assistant token masks "
-                                                   "(return_offsets_mapping) are refused",
-        "test_processor_from_and_save_pretrained": f"{KNOWN_DEFECT}: to_dict() carries `auto_map` before "
-                                                   "save_pretrained and not after loading",
-        "test_processor_from_and_save_pretrained_as_nested_dict": f"{KNOWN_DEFECT}: to_dict() carries `auto_map` "
-                                                                  "before save_pretrained and not after loading",
-        "test_processor_with_multiple_inputs": f"{KNOWN_DEFECT}: a call with neither text nor images does not raise",
+        "test_apply_chat_template_assistant_mask": "KNOWN DEFECT: assistant token masks need offsets into the rendered "
+                                                   "prompt for every id; the processor writes prompts piecewise and "
+                                                   "refuses return_offsets_mapping",
     },
     "image_processor": {
-        "test_call_pil": PACKED_PATCHES,
-        "test_call_numpy": PACKED_PATCHES,
-        "test_call_numpy_4_channels": PACKED_PATCHES + "; images are always made RGB (an alpha channel is "
-                                                       "composited on white, as the original does)",
-        "test_call_pytorch": PACKED_PATCHES + f"; and ({KNOWN_DEFECT}) torch tensors in [C, H, W] order are refused",
-        "test_image_processor_has_attributes": PIXEL_BOUNDS,
-        "test_image_processor_from_dict_has_attributes": PIXEL_BOUNDS,
+        "test_call_numpy_4_channels": "images are always made RGB (an alpha channel is composited on white, as the "
+                                      "original does), so 4-channel pixels with do_convert_rgb=False and 4-channel "
+                                      "means are refused; the packed patch layout is checked by test_call_numpy",
         "test_new_models_require_torchvision_backend": "torchvision cannot be used in this project's environment "
                                                        "(ecosystem.md H5), so the PIL backend is the one; the check "
                                                        "also names the model after the test's folder",

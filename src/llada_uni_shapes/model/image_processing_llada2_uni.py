@@ -14,6 +14,7 @@ bits, transparency composited onto white.
 
 import base64
 import binascii
+import copy
 import io
 import math
 import os
@@ -22,11 +23,83 @@ from typing import Optional
 import numpy as np
 import torch
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.processing_utils import ImagesKwargs
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
 MODES = ("understanding", "edit", "none")
+DEFAULT_MIN_PIXELS = 128 * 128
+DEFAULT_MAX_PIXELS = 800 * 800
+
+
+class LLaDA2UniImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    mode (`str`, *optional*): input path, "understanding", "edit" or "none" (see the module docstring).
+    edit_crop (`str`, *optional*): "center" or "cover" (edit path).
+    min_pixels / max_pixels (`int`, *optional*): the understanding path's area bounds (also `size["shortest_edge"]`
+        / `size["longest_edge"]`, transformers' spelling of the same two numbers).
+    multi_image_max_pixels (`int`, *optional*): the area bound when several images are given.
+    resize_factor (`int`, *optional*): side granularity of the understanding / edit paths.
+    edit_max_cells (`int`, *optional*), edit_max_ratio (`float`, *optional*): the edit path's candidate crops.
+    max_grid_side (`int`, *optional*): the largest grid side (tokens) the caller's tokenizer can write.
+    patch_size / temporal_patch_size / merge_size (`int`, *optional*): set when the processor is created (they
+        follow the vision encoder), not per call.
+    """
+
+    mode: str | None
+    edit_crop: str | None
+    min_pixels: int | None
+    max_pixels: int | None
+    multi_image_max_pixels: int | None
+    resize_factor: int | None
+    edit_max_cells: int | None
+    edit_max_ratio: float | None
+    max_grid_side: int | None
+    patch_size: int | None
+    temporal_patch_size: int | None
+    merge_size: int | None
+
+
+# Settings `preprocess` takes per call: each one means what the attribute of the same name means.
+_CALL_SETTINGS = ("do_resize", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std", "size",
+                  "min_pixels", "max_pixels", "multi_image_max_pixels", "mode", "edit_crop", "resize_factor",
+                  "edit_max_cells", "edit_max_ratio")
+# transformers' image arguments this processor has no use for: refused when set, rather than silently ignored.
+_UNUSED_IMAGE_KWARGS = ("default_to_square", "crop_size", "resample", "do_pad", "pad_size", "do_center_crop",
+                        "data_format", "disable_grouping", "image_seq_length", "patch_size", "temporal_patch_size",
+                        "merge_size")
+
+
+def pixel_bounds(size=None, min_pixels=None, max_pixels=None, base=None) -> dict:
+    """`size` as {"shortest_edge": min area, "longest_edge": max area} (pixels), from transformers' `size` dict (those
+    keys, or "min_pixels" / "max_pixels") and / or the two bounds given on their own (which win); missing values come
+    from `base`. Refuses anything else by name."""
+    bounds = dict(base or {"shortest_edge": DEFAULT_MIN_PIXELS, "longest_edge": DEFAULT_MAX_PIXELS})
+    if size is not None:
+        if not isinstance(size, dict) or not size:
+            raise ValueError(f"`size` must be a dict {{'shortest_edge': min pixels, 'longest_edge': max pixels}} "
+                             f"(image areas), got {size!r}.")
+        aliases = {"shortest_edge": "shortest_edge", "longest_edge": "longest_edge", "min_pixels": "shortest_edge",
+                   "max_pixels": "longest_edge"}
+        unknown = sorted(set(size) - set(aliases))
+        if unknown:
+            raise ValueError(f"`size` has keys {unknown}; this image processor bounds the image area with "
+                             "'shortest_edge' (min pixels) and 'longest_edge' (max pixels).")
+        for key, value in size.items():
+            bounds[aliases[key]] = value
+    if min_pixels is not None:
+        bounds["shortest_edge"] = min_pixels
+    if max_pixels is not None:
+        bounds["longest_edge"] = max_pixels
+    for key, name in (("shortest_edge", "min_pixels"), ("longest_edge", "max_pixels")):
+        value = bounds[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"`{name}` (size['{key}']) must be a positive number of pixels, got {value!r}.")
+    if bounds["shortest_edge"] > bounds["longest_edge"]:
+        raise ValueError(f"`min_pixels` ({bounds['shortest_edge']}) is larger than `max_pixels` "
+                         f"({bounds['longest_edge']}).")
+    return bounds
 
 
 def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = 32) -> tuple:
@@ -135,10 +208,25 @@ def _to_8bit(image):
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
 
 
-def to_rgb(image, name: str = "images"):
+def channels_last(array, input_data_format: Optional[str] = None):
+    """An image array / tensor as [height, width, channels]. [channels, height, width] (torch's order) is recognised
+    by 3 or 4 leading channels when the last axis is not 3 or 4; `input_data_format` ("channels_first" /
+    "channels_last") settles the order where both readings fit."""
+    shape = tuple(array.shape)
+    if input_data_format not in (None, "channels_first", "channels_last"):
+        raise ValueError(f"`input_data_format` must be 'channels_first' or 'channels_last', got "
+                         f"{input_data_format!r}.")
+    first = len(shape) == 3 and shape[0] in (3, 4)
+    if input_data_format == "channels_first" or (input_data_format is None and first and shape[-1] not in (3, 4)):
+        return array.permute(1, 2, 0) if isinstance(array, torch.Tensor) else np.moveaxis(array, 0, -1)
+    return array
+
+
+def to_rgb(image, name: str = "images", input_data_format: Optional[str] = None):
     """A PIL RGB image from a PIL image, a path / URL (see `load_image`) or an HxWx3 / HxWx4 uint8 (or uint16)
-    array. Every input takes this one path: EXIF orientation is applied, 16-bit pixels are scaled to 8 bits, and
-    transparency (an alpha band or a `transparency` entry) is composited onto white."""
+    array or tensor (3xHxW / 4xHxW, channels first, too). Every input takes this one path: EXIF orientation is
+    applied, 16-bit pixels are scaled to 8 bits, and transparency (an alpha band or a `transparency` entry) is
+    composited onto white."""
     from PIL import Image, ImageOps
 
     if isinstance(image, (str, os.PathLike)):
@@ -146,9 +234,11 @@ def to_rgb(image, name: str = "images"):
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):
+        image = channels_last(image, input_data_format)
         if image.ndim != 3 or image.shape[-1] not in (3, 4) or image.dtype not in (np.uint8, np.uint16):
             raise ValueError(
-                f"`{name}` arrays must be uint8 (or uint16) with shape [height, width, 3 or 4] (RGB / RGBA); got "
+                f"`{name}` arrays must be uint8 (or uint16) with shape [height, width, 3 or 4] (RGB / RGBA, or "
+                f"[3 or 4, height, width]); got "
                 f"dtype {image.dtype} and shape {list(image.shape)}."
             )
         if image.dtype == np.uint16:
@@ -186,7 +276,10 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
         image_mean / image_std (defaults to 0.5), rescale_factor (defaults to 1/255)
         mode (`str`, defaults to "understanding"): default input path, see the module docstring.
         resize_factor (`int`, defaults to 32): side granularity of the understanding / edit paths.
-        min_pixels / max_pixels (defaults to 128^2 / 800^2), multi_image_max_pixels (defaults to 448^2)
+        size (`dict`, defaults to `{"shortest_edge": 128 * 128, "longest_edge": 800 * 800}`): the understanding
+            path's bounds on the image AREA in pixels (transformers' spelling for Qwen2-VL-style resizing);
+            `min_pixels` / `max_pixels` are the same two numbers under their own names (given, they win; both
+            remain readable and settable as attributes). multi_image_max_pixels (defaults to 448^2)
         edit_max_cells (`int`, defaults to 256), edit_max_ratio (`float`, defaults to 4.0)
         edit_crop (`str`, defaults to "center"): "center" (faithful) or "cover".
 
@@ -195,6 +288,7 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
     """
 
     model_input_names = ["pixel_values", "image_grid_thw"]
+    valid_kwargs = LLaDA2UniImageProcessorKwargs
 
     def __init__(
         self,
@@ -209,15 +303,16 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
         do_resize: bool = True,
         mode: str = "understanding",
         resize_factor: int = 32,
-        min_pixels: int = 128 * 128,
-        max_pixels: int = 800 * 800,
+        size: Optional[dict] = None,
+        min_pixels: Optional[int] = None,
+        max_pixels: Optional[int] = None,
         multi_image_max_pixels: int = 448 * 448,
         edit_max_cells: int = 256,
         edit_max_ratio: float = 4.0,
         edit_crop: str = "center",
         **kwargs,
     ):
-        for legacy in ("size", "resample", "image_processor_type", "processor_class", *_MOVED_TO_GENERATION_CONFIG):
+        for legacy in ("resample", "image_processor_type", "processor_class", *_MOVED_TO_GENERATION_CONFIG):
             kwargs.pop(legacy, None)
         super().__init__(**kwargs)
         if merge_size != 1:
@@ -235,12 +330,28 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
         self.do_resize = do_resize
         self.mode = self._check_mode(mode)
         self.resize_factor = resize_factor
-        self.min_pixels = min_pixels
-        self.max_pixels = max_pixels
+        self.size = pixel_bounds(size, min_pixels, max_pixels)
         self.multi_image_max_pixels = multi_image_max_pixels
         self.edit_max_cells = edit_max_cells
         self.edit_max_ratio = edit_max_ratio
         self.edit_crop = self._check_edit_crop(edit_crop)
+
+    # The two area bounds live in `size` (what is saved); these names read and write the same numbers.
+    @property
+    def min_pixels(self) -> int:
+        return self.size["shortest_edge"]
+
+    @min_pixels.setter
+    def min_pixels(self, value: int):
+        self.size = pixel_bounds(min_pixels=value, base=self.size)
+
+    @property
+    def max_pixels(self) -> int:
+        return self.size["longest_edge"]
+
+    @max_pixels.setter
+    def max_pixels(self, value: int):
+        self.size = pixel_bounds(max_pixels=value, base=self.size)
 
     @staticmethod
     def _check_mode(mode):
@@ -319,29 +430,64 @@ class LLaDA2UniImageProcessor(BaseImageProcessor):
         edit_crop: Optional[str] = None,
         return_tensors="pt",
         max_grid_side: Optional[int] = None,
+        input_data_format: Optional[str] = None,
         **kwargs,
     ) -> BatchFeature:
         """`images`: one image or a list. Returns `pixel_values` and `image_grid_thw` (see the class docstring).
-        `max_grid_side`: the largest grid side (tokens) the caller's tokenizer can write (see `fit`)."""
+        `max_grid_side`: the largest grid side (tokens) the caller's tokenizer can write (see `fit`).
+        `input_data_format`: "channels_first" / "channels_last" for arrays whose channel axis is ambiguous.
+        Any setting named like an attribute (`do_rescale`, `rescale_factor`, `do_normalize`, `image_mean`,
+        `image_std`, `size` / `min_pixels` / `max_pixels`, `resize_factor`, `edit_max_cells`, ...) applies to this
+        call only."""
         if not isinstance(images, (list, tuple)):
             images = [images]
         if len(images) == 0:
             raise ValueError("`images` is empty.")
-        mode = self._check_mode(mode or self.mode)
-        if edit_crop is not None:
-            self._check_edit_crop(edit_crop)
-        if not (self.do_resize if do_resize is None else do_resize):
-            mode = "none"
+        settings = {key: value for key, value in (("mode", mode), ("do_resize", do_resize), ("edit_crop", edit_crop))
+                    if value is not None}
+        settings.update({key: kwargs.pop(key) for key in _CALL_SETTINGS if key in kwargs})
+        proc = self._for_call({key: value for key, value in settings.items() if value is not None})
+        if kwargs.pop("do_convert_rgb", None) is False:
+            raise ValueError("`do_convert_rgb=False` is not supported: every image is made RGB (transparency "
+                             "composited onto white), as the vision tokenizer expects.")
+        kwargs.pop("device", None)  # where a torchvision backend would compute; this processor works in PIL
+        unused = sorted(key for key in _UNUSED_IMAGE_KWARGS if kwargs.pop(key, None) is not None)
+        if unused or kwargs:
+            raise ValueError(f"`{type(self).__name__}` does not take {unused + sorted(kwargs)} at call time; "
+                             f"settings it takes per call: {list(_CALL_SETTINGS)}, `max_grid_side`, "
+                             "`input_data_format`, `return_tensors`.")
+        mode = proc.mode if proc.do_resize else "none"
         patches, grids = [], []
         for image in images:
-            image = self.fit(to_rgb(image), mode, num_images=len(images), edit_crop=edit_crop,
+            image = proc.fit(to_rgb(image, input_data_format=input_data_format), mode, num_images=len(images),
                              max_grid_side=max_grid_side)
-            if image.width < self.patch_size or image.height < self.patch_size:
-                raise ValueError(f"`images`: {image.width}x{image.height} is smaller than one {self.patch_size}-px patch.")
-            patches.append(self.patchify(image))
-            grids.append([1, image.height // self.patch_size, image.width // self.patch_size])
+            if image.width < proc.patch_size or image.height < proc.patch_size:
+                raise ValueError(f"`images`: {image.width}x{image.height} is smaller than one {proc.patch_size}-px patch.")
+            patches.append(proc.patchify(image))
+            grids.append([1, image.height // proc.patch_size, image.width // proc.patch_size])
         data = {"pixel_values": torch.cat(patches), "image_grid_thw": torch.tensor(grids, dtype=torch.long)}
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _for_call(self, settings: dict):
+        """This processor, or a shallow copy of it with one call's settings applied (each checked like at init)."""
+        if not settings:
+            return self
+        proc = copy.copy(self)
+        proc.size = pixel_bounds(settings.pop("size", None), settings.pop("min_pixels", None),
+                                 settings.pop("max_pixels", None), base=self.size)
+        if "mode" in settings:
+            self._check_mode(settings["mode"])
+        if "edit_crop" in settings:
+            self._check_edit_crop(settings["edit_crop"])
+        for key in ("image_mean", "image_std"):
+            if key in settings:
+                value = settings[key]
+                settings[key] = [float(value)] * 3 if isinstance(value, (int, float)) else list(value)
+                if len(settings[key]) != 3:
+                    raise ValueError(f"`{key}` must have one value per RGB channel (3), got {value!r}.")
+        for key, value in settings.items():
+            setattr(proc, key, value)
+        return proc
 
     def generation_grid(self, height: int, width: int, pixels_per_token: int = 32) -> tuple:
         """Token grid (h, w) for an image generated at `height` x `width` px (1024 x 1024 -> 32 x 32 tokens)."""

@@ -13,14 +13,23 @@ token strings read as plain text (`UserText`), so a user cannot write a control 
 """
 
 import os
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from transformers import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.image_utils import ImageInput
+from transformers.processing_utils import (
+    AudioKwargs,
+    ProcessingKwargs,
+    ProcessorMixin,
+    TextKwargs,
+    Unpack,
+    VideosKwargs,
+)
+from transformers.tokenization_utils_base import TextInput
 from transformers.utils import logging
 
-from .image_processing_llada2_uni import load_image
+from .image_processing_llada2_uni import LLaDA2UniImageProcessorKwargs, channels_last, load_image
 from .prompting_llada2_uni import (
     ASSISTANT_TURN,
     BOI,
@@ -48,7 +57,38 @@ from .prompting_llada2_uni import (
 
 logger = logging.get_logger(__name__)
 
-_IGNORED_CALL_KWARGS = ("videos", "audio", "return_text_replacement_offsets", "sanitize_control_tokens")
+# transformers' text arguments that mean nothing for a prompt written from templates: refused when set to anything
+# but their off value (verbose and sanitize_control_tokens are accepted and have no effect).
+_UNUSED_TEXT_KWARGS = ("text_pair", "text_target", "text_pair_target", "stride", "is_split_into_words",
+                       "return_token_type_ids", "return_overflowing_tokens", "return_special_tokens_mask",
+                       "return_length", "return_offsets_mapping", "return_mm_token_type_ids",
+                       "return_text_replacement_offsets")
+_PADDING = {True: "longest", "longest": "longest", "max_length": "max_length", False: None, "do_not_pad": None}
+_TRUNCATION = {True: True, "longest_first": True, "only_first": True, False: False, "do_not_truncate": False}
+
+
+class LLaDA2UniProcessorKwargs(ProcessingKwargs, total=False):
+    r"""
+    mode (`str`, *optional*, defaults to "understanding"): the prompt template: "understanding", "t2i", "edit",
+        "interleaved" or "raw" (the text is the whole prompt).
+    image_mode (`str`, *optional*): the image processor's path for `images` ("understanding", "edit" or "none");
+        by default "edit" for mode "edit", else "understanding".
+    thinking (`bool`, *optional*, defaults to False): "t2i" thinking mode (phase-1 prompt without the image header).
+    return_uncond (`bool`, *optional*, defaults to True): "t2i" / "edit" / "interleaved": also return the
+        unconditional rows (`uncond_input_ids` / `uncond_attention_mask`).
+    image_cfg (`bool`, *optional*, defaults to False): "edit": also return `uncond_image_input_ids` /
+        `uncond_image_attention_mask` (source image blocks replaced by a bare `<|image|>`).
+    add_bos (`bool`, *optional*, defaults to False): prepend the tokenizer's BOS (the templates have none);
+        `add_special_tokens=True` means the same.
+    """
+
+    images_kwargs: LLaDA2UniImageProcessorKwargs
+    mode: str | None
+    image_mode: str | None
+    thinking: bool | None
+    return_uncond: bool | None
+    image_cfg: bool | None
+    add_bos: bool | None
 
 
 class LLaDA2UniProcessor(ProcessorMixin):
@@ -71,6 +111,15 @@ class LLaDA2UniProcessor(ProcessorMixin):
     """
 
     image_token = "<image>"
+    valid_processor_kwargs = LLaDA2UniProcessorKwargs
+    # Defaults of the call's settings (transformers reads a processor's defaults from its class attributes).
+    text_kwargs = {"padding": "longest", "return_tensors": "pt"}
+    mode = "understanding"
+    image_mode = None
+    thinking = False
+    return_uncond = True
+    image_cfg = False
+    add_bos = False
 
     def __init__(
         self,
@@ -102,6 +151,16 @@ class LLaDA2UniProcessor(ProcessorMixin):
         self.system_prompts = system_prompts
         self.tokenizer.padding_side = "left"
         self._read_special_ids()
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """`ProcessorMixin.save_pretrained`, without leaving the `auto_map` it writes into the files behind on this
+        processor (a reloaded processor has none, and `to_dict()` must round-trip)."""
+        had_auto_map = "auto_map" in self.__dict__
+        try:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            if not had_auto_map:
+                self.__dict__.pop("auto_map", None)
 
     # ------------------------------------------------------------------ special ids
 
@@ -209,11 +268,11 @@ class LLaDA2UniProcessor(ProcessorMixin):
         if isinstance(image, Image.Image):
             height, width = image.height, image.width
         elif hasattr(image, "shape"):
-            shape = tuple(image.shape)
+            shape = tuple(channels_last(image).shape) if len(image.shape) == 3 else tuple(image.shape)
             if len(shape) != 3 or shape[-1] not in (3, 4):
                 raise ValueError(
-                    f"`{name}` arrays must have shape [height, width, 3] (RGB) or [height, width, 4] (RGBA), got "
-                    f"{list(shape)}."
+                    f"`{name}` arrays must have shape [height, width, 3] (RGB) or [height, width, 4] (RGBA) (or the "
+                    f"channels first), got {list(image.shape)}."
                 )
             height, width = shape[0], shape[1]
         else:
@@ -298,35 +357,103 @@ class LLaDA2UniProcessor(ProcessorMixin):
             parts.extend([block, piece])
         return parts
 
-    def _pad(self, rows: list, return_tensors) -> tuple:
-        longest = max(len(r) for r in rows)
-        if return_tensors is None and all(len(r) == longest for r in rows):
-            return [list(r) for r in rows], [[1] * len(r) for r in rows]
-        ids = [[self.pad_token_id] * (longest - len(r)) + list(r) for r in rows]
-        mask = [[0] * (longest - len(r)) + [1] * len(r) for r in rows]
-        return ids, mask
+    def _layout(self, rows: dict, text_kwargs: dict) -> dict:
+        """Truncate and pad each group of rows (`input_ids`, `uncond_input_ids`, ...) as the text arguments say, and
+        add the attention masks: the tokenizer's own conventions (`padding`, `truncation`, `max_length`,
+        `pad_to_multiple_of`, `padding_side`, `return_attention_mask`), applied to ids written from templates."""
+        padding_value = text_kwargs.get("padding")
+        if padding_value is None:
+            padding_value = False
+        if isinstance(padding_value, bool) or isinstance(padding_value, str):
+            padding = _PADDING.get(str(padding_value) if not isinstance(padding_value, bool) else padding_value, "?")
+        else:
+            padding = "?"
+        if padding == "?":
+            raise ValueError(f"`padding` must be True, False, 'longest', 'max_length' or 'do_not_pad', got "
+                             f"{padding_value!r}.")
+        truncation_value = text_kwargs.get("truncation")
+        truncation = _TRUNCATION.get(truncation_value if truncation_value is not None else False, "?")
+        if truncation == "?" or (isinstance(truncation_value, str) and truncation_value not in _TRUNCATION):
+            raise ValueError(f"`truncation` must be True, False, 'longest_first', 'only_first' or 'do_not_truncate', "
+                             f"got {truncation_value!r}.")
+        max_length = text_kwargs.get("max_length")
+        if (padding == "max_length" or truncation) and max_length is None:
+            raise ValueError(f"`padding='max_length'` and `truncation` need `max_length` (a number of tokens).")
+        multiple = text_kwargs.get("pad_to_multiple_of")
+        side = text_kwargs.get("padding_side") or self.tokenizer.padding_side
+        if side not in ("left", "right"):
+            raise ValueError(f"`padding_side` must be 'left' or 'right', got {side!r}.")
+        with_mask = text_kwargs.get("return_attention_mask")
+        tensors = text_kwargs.get("return_tensors")
+        image_ids = {self.image_start_token_id, self.image_end_token_id, self.boi_token_id}
+        offset = self.image_token_offset
+
+        def in_image(token):
+            return token in image_ids or (offset is not None and offset <= token < offset + self.codebook_size)
+
+        data = {}
+        for key, group in rows.items():
+            if truncation:
+                kept = []
+                for index, row in enumerate(group):
+                    cut = row if len(row) <= max_length else (
+                        row[:max_length] if self.tokenizer.truncation_side == "right" else row[len(row) - max_length:])
+                    if sum(map(in_image, cut)) != sum(map(in_image, row)):
+                        raise ValueError(f"`max_length={max_length}` with `truncation` would cut into an image block "
+                                         f"of row {index} ({len(row)} tokens); raise `max_length` or pass fewer images.")
+                    kept.append(cut)
+                group = kept
+            longest = max(len(row) for row in group)
+            target = None
+            if padding == "longest":
+                target = longest
+            elif padding == "max_length":
+                target = max(max_length, longest)
+            if target is not None and multiple:
+                target = -(-target // multiple) * multiple
+            if target is None and tensors is not None and any(len(row) != longest for row in group):
+                raise ValueError(f"the rows of `{key}` have different lengths and `padding` is off; pass "
+                                 "`padding=True` (or `return_tensors=None` for lists).")
+            ids, masks = [], []
+            for row in group:
+                fill = (target or len(row)) - len(row)
+                if side == "left":
+                    ids.append([self.pad_token_id] * fill + list(row))
+                    masks.append([0] * fill + [1] * len(row))
+                else:
+                    ids.append(list(row) + [self.pad_token_id] * fill)
+                    masks.append([1] * len(row) + [0] * fill)
+            data[key] = ids
+            if with_mask is not False:
+                data[key.replace("input_ids", "attention_mask")] = masks
+        return data
+
+    def _check_call_kwargs(self, kwargs: dict):
+        """Refuse argument names that neither this processor nor its tokenizer / image processor know (transformers
+        would only warn and drop them)."""
+        known = set(LLaDA2UniProcessorKwargs.__annotations__) | {"common_kwargs"}
+        # Video and audio settings (chat templates pass them along) have nothing to apply to: videos and audio
+        # themselves are refused.
+        for typed in (TextKwargs, LLaDA2UniImageProcessorKwargs, getattr(self.image_processor, "valid_kwargs", dict),
+                      VideosKwargs, AudioKwargs):
+            known |= set(getattr(typed, "__annotations__", {}))
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(f"unexpected argument(s) {unknown} for `LLaDA2UniProcessor.__call__`.")
 
     # ------------------------------------------------------------------ main entry point
 
     def __call__(
         self,
         *,
-        text=None,
-        images=None,
+        images: Optional[ImageInput] = None,
+        text: Optional[Union[TextInput, list[TextInput]]] = None,
         image_tokens=None,
-        mode: str = "understanding",
         system_prompt: Optional[str] = None,
         height: Optional[int] = None,
         width: Optional[int] = None,
         grid: Optional[tuple] = None,
-        thinking: bool = False,
-        return_uncond: bool = True,
-        image_cfg: bool = False,
-        image_mode: Optional[str] = None,
-        images_kwargs: Optional[dict] = None,
-        add_bos: bool = False,
-        return_tensors="pt",
-        **kwargs,
+        **kwargs: Unpack[LLaDA2UniProcessorKwargs],
     ) -> BatchFeature:
         r"""
         Build model inputs. All arguments are keyword-only.
@@ -336,43 +463,61 @@ class LLaDA2UniProcessor(ProcessorMixin):
                 description ("t2i") or the edit instruction ("edit"); with `mode="raw"` a complete prompt (e.g. from
                 `apply_chat_template(..., tokenize=False)`). `<image>` markers place the sample's images; without
                 markers the images go at the start of the message, in order (mode "raw" requires markers).
-            images (*optional*): PIL images, uint8 arrays [H, W, 3|4] or paths. One image or a list for one text; a
-                list with one entry (an image, a list of images or None) per text for a batch.
+            images (*optional*): PIL images, uint8 arrays / tensors ([H, W, 3|4] or [3|4, H, W]) or paths. One image or
+                a list for one text; a list with one entry (an image, a list of images or None) per text for a batch.
             image_tokens (*optional*): instead of `images`, precomputed offset-free VQ codes, nested the same way;
                 each entry a [h, w] code grid, a (h, w, codes) triple or a dict with `token_ids` and `h` / `w`
                 (`height` / `width`). The vocabulary ids `image_token_offset + code` are written directly.
-            mode (`str`, defaults to "understanding"): "understanding", "t2i", "edit", "interleaved" (a response
-                mixing text and images; see `generate_interleaved`) or "raw" (no template).
             system_prompt (`str`, *optional*): replaces the mode's system prompt for this call.
             height / width (`int`, *optional*): output size in pixels for "t2i" (default 1024 x 1024, mapped by
                 `image_processor.generation_grid`, 32 px per token) or to override the edit output grid.
             grid (`tuple`, *optional*): the output grid (h, w) in tokens instead of `height` / `width`.
-            thinking (`bool`, defaults to False): "t2i" thinking mode: the phase-1 prompt (no header, thinking
-                system prompt; the model writes its reasoning first) and the phase-2 unconditional prompt.
-            return_uncond (`bool`, defaults to True): "t2i" / "edit" / "interleaved": also return `uncond_input_ids` /
-                `uncond_attention_mask` (prompt, or instruction, replaced by `<uncondition>`).
-            image_cfg (`bool`, defaults to False): "edit": also return `uncond_image_input_ids` /
-                `uncond_image_attention_mask` (each source image block replaced by a bare `<|image|>`).
-            image_mode (`str`, *optional*): image-processor path; defaults to "edit" for "edit", else
-                "understanding".
-            images_kwargs (`dict`, *optional*): extra arguments for `image_processor.preprocess` (e.g. `edit_crop`).
-            add_bos (`bool`, defaults to False): prepend the tokenizer's BOS (the templates have none).
-            return_tensors (defaults to "pt"): "pt", "np" or None (lists).
+            **kwargs: transformers' processing arguments (`LLaDA2UniProcessorKwargs`), flat or grouped in
+                `text_kwargs` / `images_kwargs` / `common_kwargs`:
+                - the prompt settings `mode`, `image_mode`, `thinking`, `return_uncond`, `image_cfg`, `add_bos`
+                  (see `LLaDA2UniProcessorKwargs`; defaults are this class's attributes of the same names);
+                - text: `padding` (defaults to "longest": rows are padded with the pad id on the tokenizer's padding
+                  side, left), `truncation`, `max_length`, `pad_to_multiple_of`, `padding_side`,
+                  `return_attention_mask`, `return_tensors` (defaults to "pt"; "np" or None for lists);
+                - images: any setting `image_processor.preprocess` takes (`edit_crop`, `size`, `do_rescale`, ...).
 
         Returns:
-            `BatchFeature` with `input_ids`, `attention_mask` (rows left-padded with the pad id), `pixel_values` +
-            `image_grid_thw` when pixel images were given, and the unconditional rows described above.
+            `BatchFeature` with `input_ids`, `attention_mask`, `pixel_values` + `image_grid_thw` when pixel images were
+            given, and the unconditional rows described above.
         """
-        if kwargs.pop("add_special_tokens", False):
-            add_bos = True
-        for key in _IGNORED_CALL_KWARGS:
-            value = kwargs.pop(key, None)
-            if key in ("videos", "audio") and value is not None:
+        for key in ("videos", "audio"):
+            if kwargs.pop(key, None) is not None:
                 raise ValueError(f"`{key}` are not supported by LLaDA2.0-Uni.")
-        if kwargs.pop("return_offsets_mapping", False):
+        self._check_call_kwargs(kwargs)
+        merged = self._merge_kwargs(LLaDA2UniProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs,
+                                    **kwargs)
+        setting = {key: merged.get(key) if merged.get(key) is not None else getattr(self, key)
+                   for key in ("mode", "image_mode", "thinking", "return_uncond", "image_cfg", "add_bos")}
+        mode, image_mode, thinking = setting["mode"], setting["image_mode"], setting["thinking"]
+        return_uncond, image_cfg, add_bos = setting["return_uncond"], setting["image_cfg"], setting["add_bos"]
+        text_kwargs, images_kwargs = merged["text_kwargs"], dict(merged["images_kwargs"])
+        if text_kwargs.pop("add_special_tokens", False):
+            add_bos = True
+        text_kwargs.pop("verbose", None)
+        text_kwargs.pop("sanitize_control_tokens", None)
+        for key in ("return_mm_token_type_ids", "return_text_replacement_offsets"):
+            if merged.get(key):
+                text_kwargs[key] = True
+        if text_kwargs.get("return_offsets_mapping"):
             raise ValueError("`return_offsets_mapping` (assistant token masks) is not supported by this processor.")
-        if kwargs:
-            raise ValueError(f"unexpected argument(s) {sorted(kwargs)} for `LLaDA2UniProcessor.__call__`.")
+        unused = sorted(key for key in _UNUSED_TEXT_KWARGS if text_kwargs.get(key) not in (None, False, 0))
+        if unused:
+            raise ValueError(f"{unused} are not supported by `LLaDA2UniProcessor` (its prompts are written from "
+                             "templates, one sequence per text).")
+        if mode == "understanding" and text is None and images is None and image_tokens is None:
+            raise ValueError("`LLaDA2UniProcessor` needs `text`, `images` or `image_tokens`; none was given.")
+        return_tensors = text_kwargs.get("return_tensors")
+        images_kwargs.pop("return_tensors", None)
+        if images_kwargs.get("mode") is not None:
+            if image_mode is not None and image_mode != images_kwargs["mode"]:
+                raise ValueError(f"`image_mode` ({image_mode!r}) and `images_kwargs['mode']` "
+                                 f"({images_kwargs['mode']!r}) disagree; give one.")
+            image_mode = images_kwargs.pop("mode")
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}.")
         if images is not None and image_tokens is not None:
@@ -413,7 +558,7 @@ class LLaDA2UniProcessor(ProcessorMixin):
                 if not sample:
                     continue
                 checked = [self._check_image(image) for image in sample]
-                options = {"max_grid_side": self.num_reserved_tokens - 1, **(images_kwargs or {})}
+                options = {"max_grid_side": self.num_reserved_tokens - 1, **images_kwargs}
                 out = self.image_processor.preprocess(checked, mode=image_mode, return_tensors="pt", **options)
                 pixel_values.append(out["pixel_values"])
                 grids_thw.append(out["image_grid_thw"])
@@ -512,11 +657,7 @@ class LLaDA2UniProcessor(ProcessorMixin):
                 raise ValueError("`add_bos=True` but the tokenizer has no BOS token.")
             rows = {key: [[bos] + row for row in value] for key, value in rows.items()}
 
-        data = {}
-        for key, value in rows.items():
-            ids, mask = self._pad(value, return_tensors)
-            data[key] = ids
-            data[key.replace("input_ids", "attention_mask")] = mask
+        data = self._layout(rows, text_kwargs)
         if pixel_values:
             data["pixel_values"] = torch.cat(pixel_values)
             data["image_grid_thw"] = torch.cat(grids_thw)
