@@ -51,7 +51,7 @@ from examples.shapes.world import ALL_COLOURS, EXTRA_WORDS, VOCABULARY, all_scen
 
 # Sized for 2 CPU cores (see docs/shapes.md for the time each stage takes); more steps help every stage.
 FULL = {"tokenizer": 1500, "vae": 800, "decoder": 4500, "turbo": 1000, "llm": 4000, "llm2": 2500, "llm3": 2500,
-        "llm4": 2500, "llm5": 2500, "llm6": 2500, "llm7": 3500}
+        "llm4": 2500, "llm5": 2500, "llm6": 2500, "llm7": 3000}
 QUICK = {name: 5 for name in FULL}
 # The LLM trains in six cosine cycles (warm restarts, the rate falling to 5e-4). Flat weighting throughout: the ELBO's
 # 1/t weights make a one-token answer masked at small t count up to 20x, a noisy signal for the understanding rows.
@@ -69,7 +69,8 @@ LLM_PHASES = {"llm": {"lr": 2e-3, "objective": FLAT},
               "llm5": {"lr": 5e-4, "objective": PAIRED, "rows": LATE_ROWS},
               "llm6": {"lr": 5e-4, "objective": PAIRED, "rows": {**LATE_ROWS, "roundtrip_rate": 0.4}},
               # The newer tasks (family.py), after the tokenizer gains their words; the earlier rows stay in the mix.
-              "llm7": {"lr": 5e-4, "objective": PAIRED, "rows": {**LATE_ROWS, "roundtrip_rate": 0.4}, "family": {}}}
+              "llm7": {"lr": 5e-4, "objective": PAIRED, "rows": {**LATE_ROWS, "roundtrip_rate": 0.4}, "family": {},
+                       "by_length": True}}
 LLM_BATCH = 32
 
 

@@ -59,18 +59,44 @@ class _Log(TrainerCallback):
             self.log(f"llm step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f}")
 
 
+class _Unwrap:
+    """Collates a Trainer batch of one prepared batch (see `length_batches`)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, items):
+        (batch,) = items
+        return self.collator(batch)
+
+
 OBJECTIVE = {"mask_ratio_min": 0.05, "mask_ratio_max": 1.0, "loss_weighting": "inverse_t"}
 
 
+def length_batches(rows, collator, batch_size, seed=0, bucket=16) -> list:
+    """`rows` cut into batches of similar length (rows bucketed by `bucket` tokens, shuffled within a bucket, batches
+    shuffled): a batch is as long as its longest row, and the interleaved rows are twice as long as most others."""
+    rng = random.Random(f"batches/{seed}")
+    keyed = [(len(collator.encode(row, i)["input_ids"]) // bucket, rng.random(), i) for i, row in enumerate(rows)]
+    order = [i for *_, i in sorted(keyed)]
+    batches = [[rows[i] for i in order[start:start + batch_size]] for start in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def train_llm(model, processor, rows, output_dir, *, steps=3000, batch_size=32, lr=2e-3, objective=None, seed=0,
-              log=print):
+              by_length=False, log=print):
     """Full training of the backbone (the vision tokenizer stays frozen) with the stock Trainer and the config's
-    `diffusion_training` set to `objective` (default `OBJECTIVE`, the ELBO); returns the loss every 100 steps."""
+    `diffusion_training` set to `objective` (default `OBJECTIVE`, the ELBO); returns the loss every 100 steps.
+    `by_length`: batches of similar length (`length_batches`; the Trainer then sees one prepared batch per item)."""
     text_config = model.config.get_text_config()
     text_config.diffusion_training = dict(objective or OBJECTIVE)
     for module in (model.visual, model.vqmodel):
         module.requires_grad_(False)
     collator = LLaDA2UniDataCollator(processor, block_length=text_config.block_length)
+    if by_length:
+        rows = length_batches(rows, collator, batch_size, seed)
+        batch_size, collator = 1, _Unwrap(collator)
     args = TrainingArguments(
         output_dir=str(output_dir), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=lr,
         lr_scheduler_type="cosine", warmup_steps=min(100, steps // 10), weight_decay=0.0, logging_steps=100,
