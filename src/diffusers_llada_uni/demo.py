@@ -418,7 +418,7 @@ def segments_html(segments: list) -> str:
 
 INTRO = """# LLaDA2.0-Uni
 One masked-diffusion LLM that draws, reads and edits pictures: the LLM denoises image tokens (or text) block by block,
-a diffusion decoder turns image tokens into pixels. Model: `{model}`. Settings start at the model's own defaults."""
+a diffusion decoder turns image tokens into pixels. Model: {model}. Settings start at the model's own defaults."""
 HINT_SHAPES = ("This is the tiny model trained on a world of coloured shapes (circles, squares, triangles in red, green, "
                "blue, yellow, purple, orange; left, right, top, bottom, center). Try *a red circle on the left*.")
 
@@ -445,7 +445,7 @@ def build_app(pipe, *, title: str = "LLaDA2.0-Uni", frame_delay: float = 0.06, m
     defaults = runner.defaults
     source = str(getattr(runner.pipe.config, "_name_or_path", "") or "")
     shapes = "llada_uni_shapes" in source
-    name = model_name or ("the shipped shapes model" if shapes else source or "?")
+    name = f"`{model_name or source or '?'}`" if model_name or not shapes else "the shipped shapes model"
 
     def failing(function):
         """Bad input -> the page's error message; any other failure -> one line, never a stack trace."""
