@@ -32,6 +32,7 @@ from diffusers_llada_uni.demo import (  # noqa: E402
     read_text,
     segments_html,
 )
+from diffusers_llada_uni.demo import _run_pipeline  # noqa: E402
 from examples.shapes.checker import by_colour, detect  # noqa: E402
 from examples.shapes.world import Scene, Shape, render  # noqa: E402
 
@@ -173,6 +174,33 @@ def test_tasks_run_with_the_models_defaults(runner):
     assert isinstance(mixed.segments, list) and all(isinstance(s, (str, Image.Image)) for s in mixed.segments)
     thought = runner.text_to_image("a red circle on the left", True, settings)
     assert isinstance(thought.text, str) and thought.text
+
+
+def test_pipeline_history_and_interleaved_are_used_when_the_pipeline_has_them():
+    from types import SimpleNamespace
+
+    class Model:
+        def generate(self, **options):
+            return SimpleNamespace(history=("recorded",), sequences=None)
+
+    class NewPipeline:  # returns its own history and takes interleaved=True
+        mllm = Model()
+
+        def __call__(self, prompt=None, *, interleaved=False, generator=None, **kwargs):
+            self.mllm.generate(output_history=kwargs["output_history"])
+            return SimpleNamespace(history=[("native",)], segments=[["text", "picture"]] if interleaved else None)
+
+    pipe = NewPipeline()
+    out = _run_pipeline(pipe, {"prompt": "p", "interleaved": True}, None, {"output_history": True})
+    assert out.history == [("native",)] and out.segments == [["text", "picture"]]
+    assert "generate" not in vars(pipe.mllm)  # the recording wrapper is gone
+
+    class OldPipeline(NewPipeline):  # drops the history
+        def __call__(self, prompt=None, *, generator=None, **kwargs):
+            self.mllm.generate(output_history=kwargs["output_history"])
+            return SimpleNamespace(images=None)
+
+    assert _run_pipeline(OldPipeline(), {"prompt": "p"}, None, {"output_history": True}).history == [("recorded",)]
 
 
 # ------------------------------------------------------------------------------------------------ the page

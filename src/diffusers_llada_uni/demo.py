@@ -290,7 +290,7 @@ class DemoRunner:
         started = time.perf_counter()
         with self.lock:
             try:
-                out = _shim_call(self.pipe, inputs, generator, kwargs)
+                out = _run_pipeline(self.pipe, inputs, generator, kwargs)
             except (ValueError, TypeError) as exc:  # the pipeline's checks of the request: say what it says
                 raise DemoError(" ".join(str(exc).split())) from None
         return out, time.perf_counter() - started
@@ -350,40 +350,45 @@ class DemoRunner:
                       summary=self._summary(seconds, history, settings, "interleaved"))
 
 
-def _shim_call(pipe, inputs, generator, kwargs):
-    """TEMPORARY until the pipeline returns `history` / takes `interleaved=True`: record generate()'s history."""
+def _run_pipeline(pipe, inputs: dict, generator, kwargs: dict):
+    """`pipe(**inputs, generator=generator, **kwargs)` with the LLM's per-step history in `out.history`.
+
+    A pipeline that returns `history` itself is taken at its word; one that drops it (releases before the history
+    output) still passes `output_history=True` to `mllm.generate`, whose outputs are recorded here for the replay.
+    `interleaved=True` on a pipeline without that argument runs the model's `generate_interleaved` (text segments
+    only: such a pipeline has no public way to decode the pictures)."""
     import inspect
-    recorded = []
-    original = pipe.mllm.generate
+    from types import SimpleNamespace
 
-    def generate(*args, **kw):
-        kw["output_history"] = True
-        want = kw.get("return_dict_in_generate")
-        kw["return_dict_in_generate"] = True
-        result = original(*args, **kw)
+    recorded, original = [], pipe.mllm.generate
+
+    def recording_generate(*args, **options):
+        wanted = options.get("return_dict_in_generate")
+        options.update(output_history=True, return_dict_in_generate=True)
+        result = original(*args, **options)
         recorded.append(result.history)
-        return result if want else result.sequences
+        return result if wanted else result.sequences
 
-    if inputs.pop("interleaved", False) and "interleaved" not in inspect.signature(pipe.__call__).parameters:
-        kwargs = dict(kwargs)
-        kwargs.pop("output_history")
-        for key in ("decoder", "num_inference_steps"):
-            kwargs.pop(key, None)
-        pipe.mllm.generate = generate
-        try:
-            r = pipe.mllm.generate_interleaved(inputs["prompt"], processor=pipe.processor, generator=generator,
-                                               **kwargs)
-        finally:
-            del pipe.mllm.generate
-        from types import SimpleNamespace
-        return SimpleNamespace(segments=[[s["text"] for s in r["segments"] if s["type"] == "text"]],
-                               history=recorded)
-    pipe.mllm.generate = generate
+    interleaved = inputs.get("interleaved", False)
+    native = not interleaved or "interleaved" in inspect.signature(pipe.__call__).parameters
+    pipe.mllm.generate = recording_generate  # an instance attribute over the method, removed below
     try:
-        out = pipe(**inputs, generator=generator, **kwargs)
+        if native:
+            out = pipe(**inputs, generator=generator, **kwargs)
+        else:
+            settings = {k: v for k, v in kwargs.items()
+                        if k not in ("output_history", "decoder", "num_inference_steps") and v is not None}
+            result = pipe.mllm.generate_interleaved(inputs["prompt"], processor=pipe.processor, generator=generator,
+                                                    **settings)
+            out = SimpleNamespace(segments=[[s["text"] for s in result["segments"] if s["type"] == "text"]])
     finally:
         del pipe.mllm.generate
-    out.history = recorded
+    if getattr(out, "history", None) is None:
+        try:
+            out.history = recorded
+        except (AttributeError, TypeError):  # an output class that takes no new attribute: keep it aside
+            out = SimpleNamespace(**{key: getattr(out, key, None) for key in ("images", "text", "image_tokens",
+                                                                                "segments")}, history=recorded)
     return out
 
 
