@@ -609,3 +609,103 @@ def test_edit_grid_is_what_preprocess_gives(processor, edit_crop):
             out = image_processor.preprocess([image], mode="edit", edit_crop=edit_crop, max_grid_side=limit)
             expected = tuple(out["image_grid_thw"][0, 1:].tolist())
             assert image_processor.edit_grid(image, edit_crop=edit_crop, max_grid_side=limit) == expected
+
+
+# ---------------------------------------------------------------- transformers' processing conventions (issue 18)
+
+
+def test_padding_truncation_and_grouped_kwargs(processor):
+    texts = ["Hi", "What is in this picture today"]
+    base = processor(text=texts)
+    lengths = base["attention_mask"].sum(-1).tolist()
+    assert base["input_ids"].shape[1] == max(lengths) and lengths[0] < lengths[1]
+    assert base["attention_mask"][0, 0] == 0  # left padding by default
+    right = processor(text=texts, padding_side="right")
+    assert right["attention_mask"][0, -1] == 0
+    assert right["input_ids"][0, : lengths[0]].tolist() == base["input_ids"][0, -lengths[0]:].tolist()
+    wide = processor(text_kwargs={"padding": "max_length", "max_length": max(lengths) + 5}, text=texts)
+    assert wide["input_ids"].shape[1] == max(lengths) + 5
+    assert processor(text=texts, pad_to_multiple_of=64)["input_ids"].shape[1] == 64
+    cut = processor(text=texts, truncation=True, max_length=lengths[0])
+    assert cut["input_ids"].shape[1] == lengths[0]
+    assert cut["input_ids"][1].tolist() == base["input_ids"][1, : lengths[0]].tolist()  # right truncation side
+    lists = processor(text=texts, padding=False, return_tensors=None)
+    assert [len(row) for row in lists["input_ids"]] == lengths
+    with pytest.raises(ValueError, match="different lengths"):
+        processor(text=texts, padding=False)
+    assert "attention_mask" not in processor(text=texts, return_attention_mask=False)
+    with pytest.raises(ValueError, match="passed two times"):
+        processor(text=texts, padding=True, text_kwargs={"padding": False})
+    assert processor(text=texts, common_kwargs={"return_tensors": "np"})["input_ids"].__class__ is np.ndarray
+
+
+def test_truncation_never_cuts_an_image_block(processor):
+    row = processor(text="Hi", images=rgb(32, 32))["input_ids"][0].tolist()
+    end = row.index(processor.image_end_token_id)
+    assert processor(text="Hi", images=rgb(32, 32), truncation=True, max_length=end + 1)["input_ids"].shape[1] == end + 1
+    with pytest.raises(ValueError, match="cut into an image block"):
+        processor(text="Hi", images=rgb(32, 32), truncation=True, max_length=end)
+
+
+def test_settings_are_processing_kwargs_with_class_defaults(processor):
+    from transformers_llada_uni.processing_llada2_uni import LLaDA2UniProcessorKwargs
+
+    assert LLaDA2UniProcessor.valid_processor_kwargs is LLaDA2UniProcessorKwargs
+    for name in ("mode", "thinking", "return_uncond", "image_cfg", "image_mode", "add_bos"):
+        assert name in LLaDA2UniProcessorKwargs.__annotations__
+    t2i = processor(text="A red cat", mode="t2i", grid=(2, 2))
+    assert processor(text="Hi", mode=None)["input_ids"].tolist() == processor(text="Hi")["input_ids"].tolist()
+    assert "uncond_input_ids" in t2i and "uncond_input_ids" not in processor(text="A red cat", mode="t2i", grid=(2, 2),
+                                                                               return_uncond=False)
+
+
+def test_image_settings_per_call_match_the_image_processor(processor):
+    picture = rgb(40, 72)
+    options = {"min_pixels": 64 * 64, "max_pixels": 64 * 64, "do_normalize": False}
+    direct = processor.image_processor(picture, max_grid_side=processor.num_reserved_tokens - 1, **options)
+    for call in (dict(options), {"images_kwargs": dict(options)}):
+        out = processor(text="Hi", images=picture, **call)
+        torch.testing.assert_close(out["pixel_values"], direct["pixel_values"], atol=0, rtol=0)
+        assert out["image_grid_thw"].tolist() == direct["image_grid_thw"].tolist()
+    assert float(out["pixel_values"].min()) >= 0.0  # do_normalize=False: rescaled pixels in [0, 1]
+    assert processor.image_processor.do_normalize  # the call changed nothing on the processor
+
+
+def test_image_processor_size_and_pixel_bounds_are_one_setting(tmp_path):
+    proc = LLaDA2UniImageProcessor(min_pixels=32 * 32, max_pixels=96 * 96)
+    assert proc.size == {"shortest_edge": 32 * 32, "longest_edge": 96 * 96}
+    proc.max_pixels = 128 * 128
+    assert proc.size["longest_edge"] == 128 * 128 and proc.max_pixels == 128 * 128
+    assert LLaDA2UniImageProcessor(size={"min_pixels": 1024, "max_pixels": 4096}).size == {
+        "shortest_edge": 1024, "longest_edge": 4096}
+    proc.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["size"] == proc.size and "min_pixels" not in saved
+    # An older config that stores the two bounds under their own names loads unchanged.
+    saved.pop("size")
+    saved.update(min_pixels=2048, max_pixels=8192)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(saved))
+    assert LLaDA2UniImageProcessor.from_pretrained(tmp_path).size == {"shortest_edge": 2048, "longest_edge": 8192}
+    for bad, match in (({"height": 32}, "`size` has keys"), (64, "`size` must be a dict"),
+                       ({"shortest_edge": 0}, "`min_pixels`")):
+        with pytest.raises(ValueError, match=match):
+            LLaDA2UniImageProcessor(size=bad)
+
+
+def test_channels_first_arrays_and_tensors_give_the_same_patches(processor):
+    picture = rgb(40, 72)
+    expected = processor(text="Hi", images=picture)["pixel_values"]
+    for channels_first in (picture.transpose(2, 0, 1), torch.from_numpy(picture.transpose(2, 0, 1).copy())):
+        torch.testing.assert_close(processor(text="Hi", images=channels_first)["pixel_values"], expected,
+                                   atol=0, rtol=0)
+
+
+def test_save_pretrained_leaves_the_processor_as_it_was(processor, tmp_path):
+    before = processor.to_dict()
+    processor.save_pretrained(tmp_path)
+    assert processor.to_dict() == before
+    loaded = LLaDA2UniProcessor.from_pretrained(tmp_path)
+    loaded_dict = loaded.to_dict()
+    loaded.save_pretrained(tmp_path / "again")
+    assert loaded.to_dict() == loaded_dict == LLaDA2UniProcessor.from_pretrained(tmp_path / "again").to_dict()
+    assert "auto_map" in json.loads((tmp_path / "processor_config.json").read_text())

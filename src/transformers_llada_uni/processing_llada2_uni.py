@@ -154,13 +154,13 @@ class LLaDA2UniProcessor(ProcessorMixin):
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """`ProcessorMixin.save_pretrained`, without leaving the `auto_map` it writes into the files behind on this
-        processor (a reloaded processor has none, and `to_dict()` must round-trip)."""
-        had_auto_map = "auto_map" in self.__dict__
+        processor or its image processor (a reloaded processor has none, and `to_dict()` must round-trip)."""
+        fresh = [part for part in (self, self.image_processor) if "auto_map" not in part.__dict__]
         try:
             return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
         finally:
-            if not had_auto_map:
-                self.__dict__.pop("auto_map", None)
+            for part in fresh:
+                part.__dict__.pop("auto_map", None)
 
     # ------------------------------------------------------------------ special ids
 
