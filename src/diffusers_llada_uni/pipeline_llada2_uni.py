@@ -1,5 +1,5 @@
-"""One pipeline for the three LLaDA2.0-Uni tasks: prompt -> image, image + question -> text, image + instruction ->
-image. The transformers model (`mllm`) produces image tokens or text; the decoder stages of
+"""One pipeline for the LLaDA2.0-Uni tasks: prompt -> image, image + question -> text, image + instruction -> image,
+and prompt -> an interleaved answer of text and images. The transformers model (`mllm`) produces image tokens or text; the decoder stages of
 `pipeline_llada2_uni_decoder.py` turn image tokens into pixels. The pipeline owns no model math.
 """
 
@@ -51,6 +51,7 @@ EXAMPLE_DOC_STRING = """
         >>> image = pipe("a red fox in snow").images[0]
         >>> answer = pipe(image=image, question="What animal is this?").text[0]
         >>> edited = pipe(image=image, instruction="make it night").images[0]
+        >>> story = pipe("draw a fox then make it night", interleaved=True).segments[0]  # [str, PIL image, ...]
         ```
 """
 
@@ -65,16 +66,23 @@ class LLaDA2UniPipelineOutput(BaseOutput):
             sizes differ); None for understanding and for `output_type="tokens"`.
         text: answers (understanding) or the reasoning of thinking-mode text-to-image, one per output; else None.
         image_tokens: per generated image `{"token_ids": LongTensor [h*w] (offset-free), "h", "w"}`; else None.
+        segments: interleaved generation only: per prompt, the answer in order, each item a `str` or an image (of
+            `output_type`; the token dict for "tokens").
+        history: with `output_history=True`: per LLM generate call of this pipeline call, the generated region after
+            every forward (`LLaDA2GenerateOutput.history`: a tuple of LongTensor [rows, generated length]).
     """
 
     images: Optional[Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]]
     text: Optional[List[str]] = None
     image_tokens: Optional[List[dict]] = None
+    segments: Optional[List[list]] = None
+    history: Optional[List[tuple]] = None
 
 
 class LLaDA2UniPipeline(DiffusionPipeline):
     r"""
-    LLaDA2.0-Uni: text-to-image (optionally with a thinking phase), image understanding and image editing.
+    LLaDA2.0-Uni: text-to-image (optionally with a thinking phase), image understanding, image editing (one or
+    several source images) and interleaved generation (one answer mixing text and images).
 
     Components:
         processor ([`LLaDA2UniProcessor`]), mllm ([`LLaDA2UniForConditionalGeneration`]),
@@ -237,6 +245,7 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         height: Optional[int] = None,
         width: Optional[int] = None,
         thinking: bool = False,
+        interleaved: bool = False,
         num_images_per_prompt: int = 1,
         generation_config=None,
         decoder: Optional[str] = None,
@@ -251,13 +260,16 @@ class LLaDA2UniPipeline(DiffusionPipeline):
     ):
         r"""
         The task follows the inputs: `prompt` alone -> text-to-image; `image` + `question` -> answer text;
-        `image` + `instruction` -> edited image. Batches are lists (one image per question / instruction, or one image
-        for all of them; a list of images for one text: several references).
+        `image` + `instruction` -> edited image; `prompt` + `interleaved=True` (optionally with `image`) -> an
+        answer of text and images in order (`.segments`). Batches are lists (one image per question / instruction,
+        or one image for all of them; a list of images for one text: several pictures, e.g. `image=[[a, b]]`).
 
         Args:
             height / width (`int`, *optional*): text-to-image output size in pixels, multiples of `pixels_per_token`
                 (the generation config's `image_height` / `image_width` when left out).
             thinking (`bool`): text-to-image with the reasoning phase first (its text comes back in `.text`).
+            interleaved (`bool`): interleaved generation: `.segments[i]` is prompt i's answer as text and images in
+                order, `.text[i]` its text joined, `.images` every complete image in order (one LLM run per prompt).
             num_images_per_prompt (`int`, defaults to 1): images per prompt (or per edit instruction).
             generation_config (`LLaDA2GenerationConfig`, *optional*): the LLM's sampling settings (default: the
                 model's `generation_config.json`); `**generation_kwargs` override single fields, e.g. `threshold`,
@@ -272,13 +284,17 @@ class LLaDA2UniPipeline(DiffusionPipeline):
             generator (`torch.Generator`, *optional*): randomness of the LLM sampler and of the decoder.
             output_type (`str`, defaults to "pil"): "pil", "np", "pt", "latent" or "tokens" (skip the decoder).
             return_dict (`bool`, defaults to True): return `LLaDA2UniPipelineOutput`, else `(images, text)`.
+            output_history (generation keyword): also return the LLM's per-step canvases in `.history`.
             callback_on_step_end / callback_on_step_end_tensor_inputs: called after each decoder step (see
                 `LLaDA2UniDecoderPipeline`); setting `pipe._interrupt = True` there ends this call's decoding.
 
         Examples:
         """
         self._interrupt = False  # a callback may have interrupted the previous call
-        task = self._task(prompt, image, question, instruction)
+        task = "interleaved" if interleaved else self._task(prompt, image, question, instruction)
+        if interleaved and (prompt is None or question is not None or instruction is not None):
+            raise ValueError("`interleaved=True` takes a `prompt` (and optionally `image`), not `question` / "
+                             "`instruction`.")
         if output_type not in OUTPUT_TYPES + ("tokens",):
             raise ValueError(f"`output_type` must be one of {', '.join(OUTPUT_TYPES + ('tokens',))}; got "
                              f"{output_type!r}.")
@@ -287,8 +303,11 @@ class LLaDA2UniPipeline(DiffusionPipeline):
             raise ValueError(f"`num_images_per_prompt` must be a positive int, got {num_images_per_prompt!r}.")
         if thinking and task != "t2i":
             raise ValueError("`thinking` applies to text-to-image (a `prompt` without an image).")
+        if interleaved and num_images_per_prompt != 1:
+            raise ValueError("`num_images_per_prompt` applies to text-to-image and editing, not to `interleaved`.")
         settings = _generation_overrides(generation_kwargs, task, height, width)
         llm = {"generation_config": generation_config, "generator": generator, **settings}
+        self._histories = [] if settings.get("output_history") else None
         with self._stage("mllm") as mllm, self._llm_progress(mllm):
             # The model resolves (and checks) the settings: its generation_config.json holds every default.
             config, _ = mllm._generation_settings(generation_config, dict(settings))
@@ -297,9 +316,13 @@ class LLaDA2UniPipeline(DiffusionPipeline):
                 decode = self._decoder_settings(decoder, num_inference_steps, decoder_guidance_scale,
                                                 _multiplier(config.pixels_per_token),
                                                 callback_on_step_end_tensor_inputs)
-            texts, tokens = None, None
+            texts, tokens, answers = None, None, None
             if task == "understanding":
                 texts = self._understand(mllm, image, question, llm)
+            elif task == "interleaved":
+                answers = self._interleave(mllm, prompt, image, llm)
+                tokens = [item for answer in answers for item in answer if isinstance(item, dict)]
+                texts = [" ".join(item for item in answer if isinstance(item, str)) for answer in answers]
             elif task == "t2i":
                 grid = self.processor.image_processor.generation_grid(config.image_height, config.image_width,
                                                                       config.pixels_per_token)
@@ -307,14 +330,22 @@ class LLaDA2UniPipeline(DiffusionPipeline):
             else:
                 tokens = self._edit(mllm, image, instruction, num_images_per_prompt, llm)
         images = None
-        if decode is not None:
+        if decode is not None and tokens:
             images = self._decode(tokens, decode, generator, output_type, callback_on_step_end)
         self.maybe_free_model_hooks()
+        history, self._histories = self._histories, None
         if task == "understanding":
-            return LLaDA2UniPipelineOutput(images=None, text=texts) if return_dict else (None, texts)
+            if not return_dict:
+                return (None, texts)
+            return LLaDA2UniPipelineOutput(images=None, text=texts, history=history)
+        segments = None
+        if answers is not None:
+            pictures = iter(images if images is not None else tokens)
+            segments = [[item if isinstance(item, str) else next(pictures) for item in answer] for answer in answers]
         if not return_dict:
             return (images, texts)
-        return LLaDA2UniPipelineOutput(images=images, text=texts, image_tokens=tokens)
+        return LLaDA2UniPipelineOutput(images=images, text=texts, image_tokens=tokens, segments=segments,
+                                       history=history)
 
     # ------------------------------------------------------------------ input checks
 
@@ -354,10 +385,15 @@ class LLaDA2UniPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ LLM stages: processor -> generate()
 
+    def _keep_history(self, out):
+        if getattr(self, "_histories", None) is not None:
+            self._histories.append(out.history)
+
     def _image_tokens(self, mllm, batch, mode, per_prompt, llm) -> tuple:
         inputs = {key: value.to(mllm.device) for key, value in batch.items()}
         out = mllm.generate(**inputs, generation_mode=mode, num_return_sequences=per_prompt,
                             return_dict_in_generate=True, **llm)
+        self._keep_history(out)
         h, w = out.image_grid
         tokens = [_grid_dict(row, h, w) for row in out.image_tokens.cpu()]
         return tokens, out.thinking_ids
@@ -397,9 +433,31 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         questions = _texts(question, "question")
         batch = self.processor(text=questions, images=_images(image, len(questions)), mode="understanding")
         inputs = {key: value.to(mllm.device) for key, value in batch.items()}
-        out = mllm.generate(**inputs, generation_mode="text", return_dict_in_generate=False, **llm)
+        out = mllm.generate(**inputs, generation_mode="text", return_dict_in_generate=True, **llm)
+        self._keep_history(out)
         prompt_length = batch["input_ids"].shape[1]
-        return self.processor.batch_decode(out[:, prompt_length:].cpu(), skip_special_tokens=True)
+        return self.processor.batch_decode(out.sequences[:, prompt_length:].cpu(), skip_special_tokens=True)
+
+    def _interleave(self, mllm, prompt, image, llm) -> list:
+        """Per prompt (one LLM run each: interleaved generation is batch 1), its answer as `str` items and token
+        dicts of the complete images, in order. Images that ran out of room are left out."""
+        prompts = _texts(prompt, "prompt")
+        sources = [None] * len(prompts) if image is None else _images(image, len(prompts))
+        answers = []
+        for text, source in zip(prompts, sources):
+            batch = self.processor(text=text, images=None if source is None else [source], mode="interleaved")
+            inputs = {key: value.to(mllm.device) for key, value in batch.items()}
+            out = mllm.generate(**inputs, generation_mode="interleaved", return_dict_in_generate=True, **llm)
+            self._keep_history(out)
+            generated = out.sequences[0, batch["input_ids"].shape[1]:].cpu()
+            answer = []
+            for segment in self.processor.split_generation(generated):
+                if segment["type"] == "text":
+                    answer.append(segment["text"].strip())
+                elif segment["complete"]:
+                    answer.append(_grid_dict(segment["token_ids"], segment["height"], segment["width"]))
+            answers.append([item for item in answer if not isinstance(item, str) or item])
+        return answers
 
     # ------------------------------------------------------------------ pixel stages
 
