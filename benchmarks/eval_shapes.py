@@ -9,9 +9,13 @@
 Text-to-image: the caption of each test scene -> image (turbo decoder) -> `checker.score_t2i` (colour, shape,
 position). Understanding: every question of each test scene, exact match of the answer. Editing: each edit of each
 test scene -> `checker.score_edit` (the asked attribute changed, the rest kept). Tokens per forward pass of
-text-to-image token generation at thresholds 0.95 / 0.9 / 0.7. The last line is one JSON object with `t2i_color`,
-`t2i_shape`, `t2i_position`, `understanding`, `editing` and `tpf_0.9` (and `sprint`, the settings, with --sprint),
-then `tpf_0.95`, `tpf_0.7`, `dtype` and `block_cache` (and `vision_dtype` with --vision-float32).
+text-to-image token generation at thresholds 0.95 / 0.9 / 0.7. The newer tasks (`benchmarks/eval_family.py`, on
+pairs of held-out scenes): thinking text-to-image (`thinking_t2i`: all three attributes right; `thinking_consistent`:
+the plan text and the picture agree), `two_image_understanding`, `multi_ref_editing`, `interleaved` (every text and
+image segment right, in order) and `counting` (`--no-family` skips them). The last line is one JSON object with
+`t2i_color`, `t2i_shape`, `t2i_position`, `understanding`, `editing` and `tpf_0.9` (and `sprint`, the settings, with
+--sprint), the newer tasks' scores, then `tpf_0.95`, `tpf_0.7`, `dtype` and `block_cache` (and `vision_dtype` with
+--vision-float32).
 
 `--dtype` loads every component of the pipeline (the LLM, its vision tokenizer, the semantic embedder, the Z-Image
 transformer and the VAE) in that dtype; `--no-block-cache` sets `use_block_cache=False` in the LLM's generation
@@ -37,6 +41,8 @@ from examples.shapes.checker import score_edit, score_t2i  # noqa: E402
 from examples.shapes.dataset import split_scenes  # noqa: E402
 from examples.shapes.world import caption, edits, questions, render  # noqa: E402
 
+from benchmarks.eval_family import evaluate_family  # noqa: E402
+
 SETTINGS = {"decoder": "turbo"}  # every LLM setting: the model's generation_config.json
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -58,6 +64,8 @@ def parse_args(argv=None):
                         help="dtype of every pipeline component (default float32)")
     parser.add_argument("--no-block-cache", action="store_true",
                         help="generate without the block cache (every step re-runs the whole prefix)")
+    parser.add_argument("--no-family", action="store_true",
+                        help="skip the newer tasks (thinking, two pictures, multi-reference edits, interleaved, counting)")
     parser.add_argument("--vision-float32", action="store_true",
                         help="keep the vision tokenizer (visual, vqmodel) in float32 whatever --dtype says")
     args = parser.parse_args(argv)
@@ -163,6 +171,10 @@ def main(argv=None):
     result["editing"], edits_count = evaluate_editing(pipe, scenes, args.batch_size)
     timings["editing"] = time.time() - start
     tpf = {threshold: tokens_per_forward(pipe, scenes[:8], threshold) for threshold in (0.95, 0.9, 0.7)}
+    family, family_counts = {}, {}
+    if not args.no_family:
+        family, family_counts, family_timings = evaluate_family(pipe, scenes, args.batch_size, seed=args.seed)
+        timings.update(family_timings)
     print(f"{len(scenes)} {args.split} scenes, {questions_count} questions, {edits_count} edits, {args.dtype}, "
           + ("no block cache" if args.no_block_cache else "block cache")
           + (", vision tokenizer float32" if args.vision_float32 else "")
@@ -174,11 +186,18 @@ def main(argv=None):
     print(f"| text-to-image (all) | | {timings['t2i']:.1f} s |")
     print(f"| understanding exact match | {result['understanding']:.3f} | {timings['understanding']:.1f} s |")
     print(f"| editing success | {result['editing']:.3f} | {timings['editing']:.1f} s |")
+    for key, value in family.items():
+        spent = timings.get("thinking" if key.startswith("thinking") else key)
+        print(f"| {key} | {'n/a' if value is None else f'{value:.3f}'} | "
+              f"{'' if spent is None or key == 'thinking_consistent' else f'{spent:.1f} s'} |")
+    if family_counts:
+        print(f"newer tasks' cases: {family_counts}")
     for threshold, value in tpf.items():
         print(f"| tokens per forward, threshold {threshold} | {value:.2f} | |")
     summary = {"t2i_color": t2i["color"], "t2i_shape": t2i["shape"], "t2i_position": t2i["position"],
                "understanding": result["understanding"], "editing": result["editing"], "tpf_0.9": tpf[0.9]}
-    summary = {key: round(value, 4) for key, value in summary.items()}
+    summary.update(family)
+    summary = {key: None if value is None else round(value, 4) for key, value in summary.items()}
     if args.sprint is not None:
         summary["sprint"] = args.sprint
     summary.update({"tpf_0.95": round(tpf[0.95], 4), "tpf_0.7": round(tpf[0.7], 4), "dtype": args.dtype,
