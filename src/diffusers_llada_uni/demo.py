@@ -404,8 +404,8 @@ def image_data_uri(image) -> str:
 def segments_html(segments: list) -> str:
     """An interleaved response as HTML, in order: each item a `div.llada-segment` with `data-kind` text / image."""
     if not segments:
-        return ('<div class="llada-segments" data-count="0"><p class="llada-empty">The model gave an empty response '
-                "(the shapes model is not trained for interleaved generation).</p></div>")
+        return ('<div class="llada-segments" data-count="0"><p class="llada-empty">The model gave an empty response.'
+                "</p></div>")
     items = []
     for index, item in enumerate(segments):
         if isinstance(item, str):
@@ -424,15 +424,17 @@ def segments_html(segments: list) -> str:
 INTRO = """# LLaDA2.0-Uni
 One masked-diffusion LLM that draws, reads and edits pictures: the LLM denoises image tokens (or text) block by block,
 a diffusion decoder turns image tokens into pixels. Model: {model}. Settings start at the model's own defaults."""
-HINT_SHAPES = ("This is the tiny model trained on a world of coloured shapes (circles, squares, triangles in red, green, "
-               "blue, yellow, purple, orange; left, right, top, bottom, center). Try *a red circle on the left*.")
+HINT_SHAPES = ("This is the tiny model trained on a world of coloured shapes (circles, squares, triangles in red, "
+               "green, blue, yellow, purple, orange; left, right, top, bottom, center). Try *a red circle on the "
+               "left*.")
 
 
 def _upload_field(gr, **kwargs):
     """An image upload. Its events run with `preprocess=False`, so the handler gets the uploaded file unopened and the
     processor's loader reads it (`upload_path`): a file that is not a picture gets the page's own message instead of a
     failure inside gradio's preprocessing."""
-    return gr.Image(type="filepath", sources=["upload", "clipboard"], format="png", **kwargs)
+    return gr.Image(type="filepath", sources=["upload", "clipboard"], format="png", height=288,
+                    elem_classes=["llada-picture"], **kwargs)
 
 
 def upload_path(value):
@@ -519,10 +521,11 @@ def build_app(pipe, *, title: str = "LLaDA2.0-Uni", frame_delay: float = 0.06, m
                         t2i_reasoning = gr.Textbox(label="reasoning", interactive=False, visible=False,
                                                    elem_id="t2i-reasoning")
                     t2i_canvas = gr.Image(label="denoising: image tokens (grey = masked)", format="png",
-                                          interactive=False, height=288, elem_id="t2i-canvas")
+                                          interactive=False, height=288, elem_classes=["llada-picture"],
+                                          elem_id="t2i-canvas")
                     with gr.Column():
                         t2i_image = gr.Image(label="picture", type="pil", format="png", interactive=False,
-                                             height=288, elem_id="t2i-image")
+                                             height=288, elem_classes=["llada-picture"], elem_id="t2i-image")
                         with gr.Row():
                             t2i_to_ask = gr.Button("Ask about it", size="sm", elem_id="t2i-to-ask")
                             t2i_to_edit = gr.Button("Edit it", size="sm", elem_id="t2i-to-edit")
@@ -549,10 +552,11 @@ def build_app(pipe, *, title: str = "LLaDA2.0-Uni", frame_delay: float = 0.06, m
                         edit_run = gr.Button("Edit", variant="primary", elem_id="edit-run")
                         edit_status = gr.Markdown(elem_id="edit-status")
                         edit_canvas = gr.Image(label="denoising: image tokens (grey = masked)", format="png",
-                                               interactive=False, height=288, elem_id="edit-canvas")
+                                               interactive=False, height=288, elem_classes=["llada-picture"],
+                                               elem_id="edit-canvas")
                     with gr.Column():
                         edit_image = gr.Image(label="edited picture", type="pil", format="png", interactive=False,
-                                              height=288, elem_id="edit-image")
+                                              height=288, elem_classes=["llada-picture"], elem_id="edit-image")
                         edit_again = gr.Button("Edit the result again", size="sm", elem_id="edit-again")
             with gr.Tab("Interleaved", id="interleaved"):
                 with gr.Row():
@@ -619,7 +623,7 @@ def build_app(pipe, *, title: str = "LLaDA2.0-Uni", frame_delay: float = 0.06, m
 
 # Pictures of a few dozen pixels shown large, cell edges sharp.
 CSS = """
-#t2i-image img, #edit-image img, #t2i-canvas img, #edit-canvas img {
+.llada-picture img {
     image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain;
 }
 .llada-segment img { image-rendering: pixelated; }
