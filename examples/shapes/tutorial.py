@@ -3,7 +3,7 @@
     python examples/shapes/tutorial.py --model shapes-model --out docs/figures              # a few minutes, 1 thread
     python examples/shapes/tutorial.py --model /tmp/untrained --out /tmp/figures --quick    # a smoke run (< 60 s)
 
-Writes PNGs drawn with PIL only (tokens, attention_mask, trajectory, decoder_steps, guidance, lora_pink) and
+Writes PNGs drawn with PIL only (tokens, attention_mask, trajectory, decoder_steps, guidance, family, lora_pink) and
 `tutorial.json`. Everything runs through the public APIs the tutorial shows; the model folder is never modified (the
 LoRA section trains an adapter in memory). An untrained folder (`examples.shapes.factory.save_untrained`) gives the
 same files with meaningless pictures.
@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from examples.shapes.checker import read_scene, score_t2i  # noqa: E402
 from examples.shapes.dataset import split_scenes  # noqa: E402
 from examples.shapes.train_llm import task_rows  # noqa: E402
+from examples.shapes.tutorial_family import family  # noqa: E402
 from examples.shapes.world import (  # noqa: E402
     BACKGROUND,
     COLOURS,
@@ -509,6 +510,8 @@ def run(folder, out, *, quick=False, seed=0, log=print) -> dict:
         timed("trajectory", tutorial.trajectory)
         timed("decoder_steps", lambda: tutorial.decoder_steps(codes))
         timed("guidance", tutorial.guidance)
+        drawing = {"big": big, "captioned": captioned, "row": row, "column": column}
+        tutorial.numbers["family"] = timed("family", lambda: family(tutorial, drawing))
     timed("lora", tutorial.lora)  # trains: outside no_grad
     timings["total"] = round(time.time() - started, 1)
     summary = {"model": str(folder), "quick": quick, "seed": seed, **tutorial.numbers, "timings_s": timings}
