@@ -14,25 +14,27 @@ from PIL import Image  # noqa: E402
 
 from diffusers_llada_uni import cli  # noqa: E402
 from diffusers_llada_uni.demo import (  # noqa: E402
-    CODE_GLYPH,
-    MASK_COLOUR,
-    MASK_GLYPH,
     DemoError,
     DemoRunner,
     Settings,
     build_app,
-    canvas_image,
-    canvas_text,
     import_gradio,
     load_pipeline,
     model_defaults,
-    pick_frames,
     read_image,
     read_images,
     read_text,
+)
+from diffusers_llada_uni.demo_frames import (  # noqa: E402
+    CODE_GLYPH,
+    MASK_COLOUR,
+    MASK_GLYPH,
+    canvas_image,
+    canvas_text,
+    history_steps,
+    pick_frames,
     segments_html,
 )
-from diffusers_llada_uni.demo import _run_pipeline  # noqa: E402
 from examples.shapes.checker import by_colour, detect  # noqa: E402
 from examples.shapes.world import Scene, Shape, render  # noqa: E402
 
@@ -155,6 +157,23 @@ def test_segments_render_in_order():
     assert 'data-count="0"' in segments_html([])
 
 
+def test_history_steps_read_the_pipelines_history():
+    step = torch.zeros(1, 4, dtype=torch.long)
+    per_call = [(step, step), None, (step,)]  # `.history`: one entry per generate call of the pipeline call
+    assert len(history_steps(per_call)) == 3 and history_steps(None) == []
+    assert len(history_steps((step, step))) == 2  # one generate call's own tuple
+
+
+def test_summary_names_the_decoder_that_ran(runner):
+    history = [(torch.zeros(1, 4, dtype=torch.long),) * 3]
+    chosen = runner.settings(*_values(runner, decoder="normal", decoder_steps=20, sprint=True))
+    assert runner._summary(1.0, history, chosen, 1) == \
+        "done in 1.00 s; 3 LLM denoising steps; 1 picture by the normal decoder, 20 steps; SPRINT on"
+    default = runner.settings(*_values(runner, decoder=None))  # none chosen: the pipeline runs its default
+    assert "2 pictures by the turbo decoder, 8 steps" in runner._summary(1.0, history, default, 2)
+    assert "decoder" not in runner._summary(1.0, history, chosen, 0)  # an answer without pictures decodes none
+
+
 # ------------------------------------------------------------------------------------------------ tasks
 
 
@@ -163,8 +182,10 @@ def test_tasks_run_with_the_models_defaults(runner):
     drawn = runner.text_to_image("a red circle on the left", False, settings)
     assert drawn.frames and all(frame.size == drawn.frames[0].size for frame in drawn.frames)
     assert "red" in by_colour(detect(drawn.images[0])) and "done in" in drawn.summary
+    assert f"{len(drawn.frames)} LLM denoising steps" in drawn.summary  # every step of the pipeline's .history
+    assert "1 picture by the turbo decoder, 8 steps" in drawn.summary
     answer = runner.understand(drawn.images[0], None, "What colour is the circle?", settings)
-    assert answer.text == "red" and answer.frames
+    assert answer.text == "red" and answer.frames and "decoder" not in answer.summary
     edited = runner.edit(_picture(), None, "make the circle blue", settings)
     found = by_colour(detect(edited.images[0]))
     assert "blue" in found and "red" not in found
@@ -172,35 +193,11 @@ def test_tasks_run_with_the_models_defaults(runner):
     assert isinstance(two.text, str)
     mixed = runner.interleaved("a red circle on the left", settings)
     assert isinstance(mixed.segments, list) and all(isinstance(s, (str, Image.Image)) for s in mixed.segments)
+    assert mixed.frames and all(isinstance(frame, str) for frame in mixed.frames)
+    pictures = sum(isinstance(s, Image.Image) for s in mixed.segments)
+    assert ("turbo decoder" in mixed.summary) == (pictures > 0), (mixed.segments, mixed.summary)
     thought = runner.text_to_image("a red circle on the left", True, settings)
     assert isinstance(thought.text, str) and thought.text
-
-
-def test_pipeline_history_and_interleaved_are_used_when_the_pipeline_has_them():
-    from types import SimpleNamespace
-
-    class Model:
-        def generate(self, **options):
-            return SimpleNamespace(history=("recorded",), sequences=None)
-
-    class NewPipeline:  # returns its own history and takes interleaved=True
-        mllm = Model()
-
-        def __call__(self, prompt=None, *, interleaved=False, generator=None, **kwargs):
-            self.mllm.generate(output_history=kwargs["output_history"])
-            return SimpleNamespace(history=[("native",)], segments=[["text", "picture"]] if interleaved else None)
-
-    pipe = NewPipeline()
-    out = _run_pipeline(pipe, {"prompt": "p", "interleaved": True}, None, {"output_history": True})
-    assert out.history == [("native",)] and out.segments == [["text", "picture"]]
-    assert "generate" not in vars(pipe.mllm)  # the recording wrapper is gone
-
-    class OldPipeline(NewPipeline):  # drops the history
-        def __call__(self, prompt=None, *, generator=None, **kwargs):
-            self.mllm.generate(output_history=kwargs["output_history"])
-            return SimpleNamespace(images=None)
-
-    assert _run_pipeline(OldPipeline(), {"prompt": "p"}, None, {"output_history": True}).history == [("recorded",)]
 
 
 # ------------------------------------------------------------------------------------------------ the page

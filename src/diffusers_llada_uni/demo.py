@@ -12,21 +12,25 @@ The denoising is shown as a replay after each run, from the per-step history the
 response filling in (`░` for a masked position). The pipeline call itself is not interrupted to stream.
 """
 
-import base64
-import colorsys
-import html
-import io
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from .demo_frames import (  # noqa: F401  (re-exported: the page's rendering lives there)
+    CODE_GLYPH,
+    MASK_COLOUR,
+    MASK_GLYPH,
+    MAX_FRAMES,
+    canvas_image,
+    canvas_text,
+    history_steps,
+    pick_frames,
+    segments_html,
+)
+
 DEMO_INSTALL = 'pip install -e ".[demo]"'
-MASK_GLYPH = "░"
-CODE_GLYPH = "▦"
-MASK_COLOUR = (190, 190, 190)
-MAX_FRAMES = 32  # a replay shows at most this many steps (evenly spaced, the last one always)
 
 
 class DemoError(ValueError):
@@ -175,77 +179,6 @@ def read_images(first, second, name: str) -> list:
     return [image for image in images if image is not None]
 
 
-# ------------------------------------------------------------------------------------------------ history frames
-
-
-def history_steps(history) -> list:
-    """The per-step canvases [B, G] of a call's history; several generate calls' histories follow each other."""
-    if history is None:
-        return []
-    steps = []
-    for item in history:
-        if isinstance(item, (list, tuple)):
-            steps.extend(item)
-        elif item is not None:
-            steps.append(item)
-    return steps
-
-
-def code_colour(code: int) -> tuple:
-    hue = (code * 0.6180339887) % 1.0  # golden-ratio hues: neighbouring codes get distant colours
-    return tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.55, 0.92))
-
-
-def canvas_image(ids, grid: tuple, mask_id: int, offset: int, cell: Optional[int] = None):
-    """One step of an image's denoising as a picture: a cell per token, coloured per VQ code, grey while masked."""
-    from PIL import Image, ImageDraw
-
-    h, w = grid
-    values = [int(v) for v in ids][-h * w:]
-    values = [mask_id] * (h * w - len(values)) + values
-    cell = cell or max(8, 192 // max(h, w))
-    picture = Image.new("RGB", (w * cell, h * cell), (255, 255, 255))
-    draw = ImageDraw.Draw(picture)
-    for index, value in enumerate(values):
-        row, col = divmod(index, w)
-        colour = MASK_COLOUR if value == mask_id else code_colour(value - offset)
-        draw.rectangle([col * cell, row * cell, (col + 1) * cell - 1, (row + 1) * cell - 1], fill=colour,
-                       outline=(255, 255, 255) if cell >= 8 else None)
-    return picture
-
-
-def canvas_text(ids, tokenizer, mask_id: int, eos_id: Optional[int], code_range: Optional[tuple] = None) -> str:
-    """One step of a text response: decoded text with `░` for each masked position (`▦` for image codes); stops at
-    a committed end of sequence."""
-    pieces, run = [], []
-
-    def flush():
-        if run:
-            pieces.append(tokenizer.decode(run, skip_special_tokens=True))
-            run.clear()
-
-    for value in (int(v) for v in ids):
-        if eos_id is not None and value == eos_id:
-            break
-        if value == mask_id:
-            flush()
-            pieces.append(MASK_GLYPH)
-        elif code_range is not None and code_range[0] <= value < code_range[1]:
-            flush()
-            pieces.append(CODE_GLYPH)
-        else:
-            run.append(value)
-    flush()
-    return "".join(piece if piece in (MASK_GLYPH, CODE_GLYPH) else f" {piece} " for piece in pieces).strip()
-
-
-def pick_frames(frames: list, limit: int = MAX_FRAMES) -> list:
-    if len(frames) <= limit:
-        return list(frames)
-    chosen = sorted({round(i * (len(frames) - 1) / (limit - 1)) for i in range(limit)})
-    return [frames[i] for i in chosen]
-
-
 # ------------------------------------------------------------------------------------------------ running the tasks
 
 
@@ -283,6 +216,7 @@ class DemoRunner:
         return Settings.from_values(*values, decoders=self.defaults["decoders"])
 
     def _call(self, settings: Settings, task: str, **inputs):
+        """`pipe(**inputs, generator=..., **settings)`; the output's `.history` holds the LLM's per-step canvases."""
         import torch
 
         kwargs = settings.llm_kwargs(task)
@@ -290,15 +224,26 @@ class DemoRunner:
         started = time.perf_counter()
         with self.lock:
             try:
-                out = _run_pipeline(self.pipe, inputs, generator, kwargs)
+                out = self.pipe(**inputs, generator=generator, **kwargs)
             except (ValueError, TypeError) as exc:  # the pipeline's checks of the request: say what it says
                 raise DemoError(" ".join(str(exc).split())) from None
         return out, time.perf_counter() - started
 
-    def _summary(self, seconds, history, settings, task) -> str:
+    def _decoder(self, settings: Settings) -> tuple:
+        """The decoder a call runs and its steps: the chosen one, else the pipeline's default (turbo when loaded)."""
+        if settings.decoder:
+            return settings.decoder, settings.decoder_steps
+        decoders = self.defaults["decoders"]
+        name = "turbo" if "turbo" in decoders else "normal"
+        return name, self.defaults["decoder_steps"].get(name)
+
+    def _summary(self, seconds, history, settings: Settings, pictures: int = 0) -> str:
+        """One line: time, LLM steps, and the decoder when it ran (`pictures` decoded; an interleaved answer may
+        have none, and then no decoder ran)."""
         parts = [f"done in {seconds:.2f} s", f"{len(history_steps(history))} LLM denoising steps"]
-        if task in ("t2i", "edit", "interleaved") and settings.decoder:
-            parts.append(f"{settings.decoder} decoder, {settings.decoder_steps} steps")
+        if pictures:
+            name, steps = self._decoder(settings)
+            parts.append(f"{pictures} picture{'s' if pictures > 1 else ''} by the {name} decoder, {steps} steps")
         if settings.sprint:
             parts.append("SPRINT on")
         return "; ".join(parts)
@@ -314,109 +259,37 @@ class DemoRunner:
     def text_to_image(self, prompt, thinking, settings: Settings) -> Result:
         prompt = read_text(prompt, "prompt")
         out, seconds = self._call(settings, "t2i", prompt=prompt, thinking=bool(thinking))
-        history = getattr(out, "history", None)
         grid = (out.image_tokens[0]["h"], out.image_tokens[0]["w"])
         reasoning = out.text[0] if thinking and out.text else None
         if thinking and not (reasoning or "").strip():
             reasoning = "(the model wrote no reasoning before the picture)"
-        return Result(images=list(out.images), text=reasoning, frames=self._image_frames(history, grid),
-                      summary=self._summary(seconds, history, settings, "t2i"))
+        return Result(images=list(out.images), text=reasoning, frames=self._image_frames(out.history, grid),
+                      summary=self._summary(seconds, out.history, settings, len(out.images)))
 
     def understand(self, first, second, question, settings: Settings) -> Result:
         images = read_images(first, second, "picture")
         question = read_text(question, "question")
         image = images[0] if len(images) == 1 else [images]  # two pictures: one question about both
         out, seconds = self._call(settings, "understanding", image=image, question=question)
-        history = getattr(out, "history", None)
-        return Result(text=out.text[0], frames=self._text_frames(history),
-                      summary=self._summary(seconds, history, settings, "understanding"))
+        return Result(text=out.text[0], frames=self._text_frames(out.history),
+                      summary=self._summary(seconds, out.history, settings))
 
     def edit(self, first, second, instruction, settings: Settings) -> Result:
         images = read_images(first, second, "source picture")
         instruction = read_text(instruction, "instruction")
         image = images[0] if len(images) == 1 else [images]
         out, seconds = self._call(settings, "edit", image=image, instruction=instruction)
-        history = getattr(out, "history", None)
         grid = (out.image_tokens[0]["h"], out.image_tokens[0]["w"])
-        return Result(images=list(out.images), frames=self._image_frames(history, grid),
-                      summary=self._summary(seconds, history, settings, "edit"))
+        return Result(images=list(out.images), frames=self._image_frames(out.history, grid),
+                      summary=self._summary(seconds, out.history, settings, len(out.images)))
 
     def interleaved(self, prompt, settings: Settings) -> Result:
         prompt = read_text(prompt, "prompt")
         out, seconds = self._call(settings, "interleaved", prompt=prompt, interleaved=True)
-        history = getattr(out, "history", None)
-        segments = list(out.segments[0]) if getattr(out, "segments", None) else []
-        return Result(segments=segments, frames=self._text_frames(history),
-                      summary=self._summary(seconds, history, settings, "interleaved"))
-
-
-def _run_pipeline(pipe, inputs: dict, generator, kwargs: dict):
-    """`pipe(**inputs, generator=generator, **kwargs)` with the LLM's per-step history in `out.history`.
-
-    A pipeline that returns `history` itself is taken at its word; one that drops it (releases before the history
-    output) still passes `output_history=True` to `mllm.generate`, whose outputs are recorded here for the replay.
-    `interleaved=True` on a pipeline without that argument runs the model's `generate_interleaved` (text segments
-    only: such a pipeline has no public way to decode the pictures)."""
-    import inspect
-    from types import SimpleNamespace
-
-    recorded, original = [], pipe.mllm.generate
-
-    def recording_generate(*args, **options):
-        wanted = options.get("return_dict_in_generate")
-        options.update(output_history=True, return_dict_in_generate=True)
-        result = original(*args, **options)
-        recorded.append(result.history)
-        return result if wanted else result.sequences
-
-    interleaved = inputs.get("interleaved", False)
-    native = not interleaved or "interleaved" in inspect.signature(pipe.__call__).parameters
-    pipe.mllm.generate = recording_generate  # an instance attribute over the method, removed below
-    try:
-        if native:
-            out = pipe(**inputs, generator=generator, **kwargs)
-        else:
-            settings = {k: v for k, v in kwargs.items()
-                        if k not in ("output_history", "decoder", "num_inference_steps") and v is not None}
-            result = pipe.mllm.generate_interleaved(inputs["prompt"], processor=pipe.processor, generator=generator,
-                                                    **settings)
-            out = SimpleNamespace(segments=[[s["text"] for s in result["segments"] if s["type"] == "text"]])
-    finally:
-        del pipe.mllm.generate
-    if getattr(out, "history", None) is None:
-        try:
-            out.history = recorded
-        except (AttributeError, TypeError):  # an output class that takes no new attribute: keep it aside
-            out = SimpleNamespace(**{key: getattr(out, key, None) for key in ("images", "text", "image_tokens",
-                                                                                "segments")}, history=recorded)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ rendering
-
-
-def image_data_uri(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def segments_html(segments: list) -> str:
-    """An interleaved response as HTML, in order: each item a `div.llada-segment` with `data-kind` text / image."""
-    if not segments:
-        return ('<div class="llada-segments" data-count="0"><p class="llada-empty">The model gave an empty response.'
-                "</p></div>")
-    items = []
-    for index, item in enumerate(segments):
-        if isinstance(item, str):
-            body = html.escape(item).replace("\n", "<br>")
-            items.append(f'<div class="llada-segment" data-kind="text" data-index="{index}"><p>{body}</p></div>')
-        else:
-            items.append(f'<div class="llada-segment" data-kind="image" data-index="{index}">'
-                         f'<img src="{image_data_uri(item)}" alt="generated picture {index}" '
-                         'style="image-rendering: pixelated; width: 192px"></div>')
-    return f'<div class="llada-segments" data-count="{len(segments)}">{"".join(items)}</div>'
-
+        segments = list(out.segments[0])  # text and decoded pictures, in order
+        pictures = sum(not isinstance(item, str) for item in segments)
+        return Result(segments=segments, frames=self._text_frames(out.history),
+                      summary=self._summary(seconds, out.history, settings, pictures))
 
 
 # ------------------------------------------------------------------------------------------------ the page
