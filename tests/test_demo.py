@@ -145,6 +145,9 @@ def test_canvas_text_fills_in(runner):
     assert canvas_text(red + [mask, eos, mask], tokenizer, mask, eos) == f"red {MASK_GLYPH}"
     assert canvas_text([runner.offset], tokenizer, mask, eos, runner.code_range) == CODE_GLYPH
     assert pick_frames(list(range(100)), 5) == [0, 25, 50, 74, 99]
+    assert pick_frames(["a", "a", "b", "b", "a"]) == ["a", "b", "a"]  # steps that changed nothing are not replayed
+    grey, same = canvas_image([mask], (1, 1), mask, 0), canvas_image([mask], (1, 1), mask, 0)
+    assert pick_frames([grey, same, canvas_image([1], (1, 1), mask, 0)]) == [grey, canvas_image([1], (1, 1), mask, 0)]
 
 
 def test_segments_render_in_order():

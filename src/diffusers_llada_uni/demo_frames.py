@@ -79,8 +79,12 @@ def canvas_text(ids, tokenizer, mask_id: int, eos_id: Optional[int], code_range:
 
 
 def pick_frames(frames: list, limit: int = MAX_FRAMES) -> list:
+    """The frames a replay shows: a step that changed nothing visible is dropped (it would show nothing new, and gradio
+    rewrites the cached file of an equal picture in place, under the same URL, while the browser may still be reading
+    it for the step before: a broken picture), then at most `limit`, evenly spaced, the last one always."""
+    frames = [frame for index, frame in enumerate(frames) if index == 0 or frame != frames[index - 1]]
     if len(frames) <= limit:
-        return list(frames)
+        return frames
     chosen = sorted({round(i * (len(frames) - 1) / (limit - 1)) for i in range(limit)})
     return [frames[i] for i in chosen]
 
