@@ -11,6 +11,10 @@ from examples.shapes.world import caption, parse_plan, render, words
 TURBO = {"decoder": "turbo"}
 
 
+def _share(hits, total):
+    return hits / total if total else None  # no case of this kind among the scenes (a small --limit)
+
+
 def _chunks(items, size):
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -27,7 +31,7 @@ def evaluate_thinking(pipe, scenes, batch_size):
             right += int(scores["color"] and scores["shape"] and scores["position"] and scores["count"])
             stated = parse_plan(text)
             consistent += int(stated is not None and stated == read_scene(image))
-    return {"thinking_t2i": right / len(scenes), "thinking_consistent": consistent / len(scenes)}
+    return {"thinking_t2i": _share(right, len(scenes)), "thinking_consistent": _share(consistent, len(scenes))}
 
 
 def evaluate_pairs(pipe, pairs, batch_size):
@@ -36,7 +40,7 @@ def evaluate_pairs(pipe, pairs, batch_size):
         answers = pipe(image=[[render(a), render(b)] for a, b, _, _ in chunk], question=[q for _, _, q, _ in chunk],
                        max_new_tokens=16, block_length=16).text
         correct += sum(answer.strip().lower() == truth for answer, (*_, truth) in zip(answers, chunk))
-    return correct / len(pairs)
+    return _share(correct, len(pairs))
 
 
 def evaluate_multi_ref(pipe, edits, batch_size):
@@ -45,7 +49,7 @@ def evaluate_multi_ref(pipe, edits, batch_size):
         images = pipe(image=[[render(a), render(b)] for a, b, _, _ in chunk], instruction=[t for _, _, t, _ in chunk],
                       generator=torch.Generator().manual_seed(0), **TURBO).images
         done += sum(int(score_edit(second, target, image)) for (_, second, _, target), image in zip(chunk, images))
-    return done / len(edits)
+    return _share(done, len(edits))
 
 
 def interleaved_right(segments, expected) -> bool:
@@ -66,7 +70,7 @@ def evaluate_interleaved(pipe, scripts):
     for _, prompt, expected in scripts:
         out = pipe(prompt, interleaved=True, generator=torch.Generator().manual_seed(0), **TURBO)
         right += int(interleaved_right(out.segments[0], expected))
-    return right / len(scripts)
+    return _share(right, len(scripts))
 
 
 def evaluate_counting(pipe, counting, batch_size):
@@ -78,9 +82,8 @@ def evaluate_counting(pipe, counting, batch_size):
             tally = correct[len(scene.shapes)]
             tally[0] += int(answer.strip().lower() == truth)
             tally[1] += 1
-    total = sum(c for c, _ in correct.values()) / sum(n for _, n in correct.values())
-    ones = correct[1][0] / correct[1][1] if correct[1][1] else None
-    return total, ones, correct[1][1]
+    total = _share(sum(c for c, _ in correct.values()), sum(n for _, n in correct.values()))
+    return total, _share(*correct[1]), correct[1][1]
 
 
 def evaluate_family(pipe, scenes, batch_size, seed=0, log=print):

@@ -23,12 +23,14 @@ def test_bf16_without_the_cache_reaches_every_component(capsys, monkeypatch):
 
     original = eval_shapes.evaluate_t2i
     monkeypatch.setattr(eval_shapes, "evaluate_t2i", spy)
-    assert eval_shapes.main(["--model", str(SHAPES), "--limit", "1", "--dtype", "bfloat16", "--no-block-cache"]) == 0
+    assert eval_shapes.main(["--model", str(SHAPES), "--limit", "1", "--dtype", "bfloat16", "--no-block-cache",
+                             "--no-family"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["dtype"] == "bfloat16" and summary["block_cache"] is False and "vision_dtype" not in summary
     assert seen["cache"] is False and all(kinds == {torch.bfloat16} for kinds in seen["dtypes"].values())
 
-    assert eval_shapes.main(["--model", str(SHAPES), "--limit", "1", "--dtype", "bfloat16", "--vision-float32"]) == 0
+    assert eval_shapes.main(["--model", str(SHAPES), "--limit", "1", "--dtype", "bfloat16", "--vision-float32",
+                             "--no-family"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["vision_dtype"] == "float32" and summary["block_cache"] is True
     assert seen["cache"] is True and seen["vision"] == {torch.float32}
