@@ -152,26 +152,29 @@ def test_model_cpu_offload(folder, reference):
     torch.testing.assert_close(out.images, reference.images, atol=1e-5, rtol=0)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="KNOWN DEFECT: under enable_sequential_cpu_offload, accelerate 1.16 finds the semantic "
-                          "embedder's nn.Embedding weight as a plain Tensor (not a Parameter) when it moves it and "
-                          "fails in set_module_tensor_to_device; not diagnosed further")
-def test_sequential_cpu_offload_of_the_decoder(folder, pipe, reference):
-    decoder = _quiet(LLaDA2UniDecoderPipeline.from_pretrained(folder))
-    tokens = reference.image_tokens[0]
-    expected = decoder(tokens["token_ids"], (tokens["h"], tokens["w"]), num_inference_steps=2, output_type="pt",
-                       generator=torch.Generator().manual_seed(0)).images
-    decoder.enable_sequential_cpu_offload(device="cpu")
-    out = decoder(tokens["token_ids"], (tokens["h"], tokens["w"]), num_inference_steps=2, output_type="pt",
-                  generator=torch.Generator().manual_seed(0)).images
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+# diffusers' enable_sequential_cpu_offload(device="cpu") names the execution device "cpu:0"; accelerate 1.16 then
+# onloads each weight with `Parameter(value).to("cpu:0")`, which torch answers with a plain-Tensor copy, and offloading
+# it again fails. A CPU-only artifact (a CUDA device carries its index anyway); the same hooks with the execution
+# device "cpu" work, which is what the test after it checks.
+DIFFUSERS_CPU0 = ("diffusers' sequential offload on CPU uses execution device 'cpu:0'; accelerate's onload then "
+                  "turns each weight into a plain Tensor and fails to offload it (CPU-only artifact)")
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="KNOWN DEFECT: the LLM's generate() places its inputs on `model.device`, which is `meta` "
-                          "once accelerate's sequential offload has moved the weights off; generation must use the "
-                          "hooks' execution device")
-def test_sequential_cpu_offload_of_the_whole_pipeline(folder, reference):
+@pytest.mark.xfail(strict=True, raises=TypeError, reason=DIFFUSERS_CPU0)
+def test_diffusers_sequential_cpu_offload_on_cpu(folder, reference):
     pipe = _quiet(LLaDA2UniPipeline.from_pretrained(folder, decoder="turbo"))
     pipe.enable_sequential_cpu_offload(device="cpu")
+    _same(_run(pipe), reference)
+
+
+def test_sequential_offload_hooks_on_every_model(folder, reference):
+    """accelerate's sequential offload (weights on `meta` until each module runs) on every model of the pipeline:
+    generate() builds its tensors on the hooks' execution device, and the outputs are the reference's."""
+    from accelerate import cpu_offload
+
+    pipe = _quiet(LLaDA2UniPipeline.from_pretrained(folder, decoder="turbo"))
+    for name in ("mllm", "semantic_embedder", "transformer_turbo", "vae"):
+        cpu_offload(getattr(pipe, name), execution_device=torch.device("cpu"))
+    assert pipe.mllm.get_input_embeddings().weight.device.type == "meta"
+    assert pipe.mllm.generation_device == torch.device("cpu")
     _same(_run(pipe), reference)

@@ -159,6 +159,16 @@ class LLaDA2MoeGenerationMixin:
             except OSError:
                 pass  # no generation_config.json: the release defaults stand
 
+    @property
+    def generation_device(self) -> torch.device:
+        """Where generate() builds its tensors: the model's device, or, when accelerate's offload hooks hold the
+        weights elsewhere (on `meta` until a module runs), the device those hooks run it on."""
+        for module in self.modules():
+            device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+            if device is not None:
+                return torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        return self.device
+
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
         """The forward inputs of one step (transformers and peft look this method up; the diffusion loop builds its
         own inputs, so it is a pass-through)."""
@@ -241,7 +251,7 @@ class LLaDA2MoeGenerationMixin:
         if streamer is not None and len(prompts) != 1:
             raise ValueError("`streamer` supports batch size 1 only (and num_return_sequences=1).")
 
-        canvas = build_canvas(prompts, config, self.device)
+        canvas = build_canvas(prompts, config, self.generation_device)
         if streamer is not None:
             streamer.put(prompts[0].cpu())
         generated, passes, history = self._run_blocks(

@@ -136,10 +136,11 @@ class LLaDA2UniGenerationMixin:
         if image_tokens is None:
             if pixel_values is None or image_grid_thw is None:
                 raise ValueError("`pixel_values` needs `image_grid_thw` (both come from the processor).")
-            image_tokens = self.get_image_tokens(pixel_values.to(self.device), image_grid_thw.to(self.device))
+            device = self.generation_device
+            image_tokens = self.get_image_tokens(pixel_values.to(device), image_grid_thw.to(device))
         filled = {}
         for key, (ids, mask) in rows.items():
-            ids = ids.to(self.device)
+            ids = ids.to(self.generation_device)
             if self.image_placeholder_mask(ids).any():
                 ids = self.insert_image_tokens(ids, image_tokens=image_tokens)
             filled[key] = (ids, mask)
@@ -230,7 +231,7 @@ class LLaDA2UniGenerationMixin:
             phase.sprint = None
         guidance = [(i, p) for i, p in enumerate(uncond)] if use_cfg else []
         guidance += [(i, p) for i, p in enumerate(no_image)] if no_image is not None else []
-        canvas = build_canvas(prompts, phase, self.device, guidance_prompts=guidance)
+        canvas = build_canvas(prompts, phase, self.generation_device, guidance_prompts=guidance)
         batch = len(prompts)
 
         def combine(logits):
@@ -296,7 +297,7 @@ class LLaDA2UniGenerationMixin:
         pad = config.pad_token_id
         ids = torch.stack([torch.cat([torch.full((longest - len(p),), pad), p]) for p in phase_two])
         mask = torch.stack([torch.cat([torch.zeros(longest - len(p)), torch.ones(len(p))]) for p in phase_two]).long()
-        rows = {**rows, "cond": (ids.to(self.device), mask.to(self.device))}
+        rows = {**rows, "cond": (ids.to(self.generation_device), mask.to(self.generation_device))}
         result = self._generate_image(rows, _with(config, return_dict_in_generate=True), (h, w), logits_processor,
                                       generator)
         if not config.return_dict_in_generate:
@@ -318,7 +319,7 @@ class LLaDA2UniGenerationMixin:
         guidance = []
         if scale != 1.0:
             guidance = [(0, split_prompts(*rows["uncond"], name="uncond_attention_mask")[0])]
-        canvas = build_canvas(prompts, config, self.device, guidance_prompts=guidance)
+        canvas = build_canvas(prompts, config, self.generation_device, guidance_prompts=guidance)
         constrain = make_constraint(grammar, canvas.gen_start, config.max_new_tokens, 1, scale)
         generated, passes, history = self._run_blocks(canvas, config, constrain=constrain, generator=generator,
                                                       logits_processor=logits_processor)
