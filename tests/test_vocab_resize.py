@@ -40,11 +40,13 @@ def test_grow_keeps_codes_and_logits(model_and_tokenizer):
     after = _logits(model, moved)
     keep = list(range(offset)) + list(range(new_offset, new_offset + codebook))
     torch.testing.assert_close(after[..., keep], before, rtol=1e-5, atol=1e-5)
-    # The new words tokenize to the new rows, which start at the mean of the old text rows.
+    # The new words tokenize to the new rows, which start at the mean of the old rows (the matrix's mean is kept).
     same = tokenizer("same", add_special_tokens=False)["input_ids"]
     assert same == [offset]
-    mean = model.get_input_embeddings().weight[:offset].mean(0)
-    torch.testing.assert_close(model.get_input_embeddings().weight[offset], mean)
+    weight = model.get_input_embeddings().weight
+    old_mean = torch.cat([weight[:offset], weight[new_offset:]]).mean(0)
+    torch.testing.assert_close(weight[offset], old_mean)
+    torch.testing.assert_close(weight.mean(0), old_mean)
 
 
 def test_shrink_removes_text_rows_only(model_and_tokenizer):

@@ -8,6 +8,9 @@ Everything not listed here runs and must pass.
 import unittest
 
 # Reasons used more than once.
+RESIZE_BELOW_CODES = ("resize_token_embeddings adds text ids below the image codes (the top `codebook_size` ids, "
+                      "which keep their rows: tests/test_vocab_resize.py); the test reads the last rows as the new "
+                      "ones, which are image codes here (its size, type and forward checks pass)")
 NOT_AUTOREGRESSIVE = ("generate() is block-diffusion sampling, not GenerationMixin's autoregressive search, and "
                       "transformers' GenerationTesterMixin is not in its source distribution; generate's conventions "
                       "are covered by test_one_door.py and test_generation_config.py")
@@ -35,10 +38,8 @@ OPT_OUTS: dict[str, dict[str, str]] = {
                                         "no one base model holds them",
         "test_multimodal_outputs_are_returned": "the vision tower is a frozen image tokenizer: images enter as VQ code "
                                                 "ids, so there are no image features to return",
-        "test_resize_tokens_embeddings": "the image codes are the top `codebook_size` ids of the vocabulary; resizing "
-                                         "it drops or moves them, and the test writes new ids over image placeholders",
-        "test_resize_embeddings_untied": "the image codes are the top `codebook_size` ids of the vocabulary; resizing "
-                                         "it drops or moves them, and the test writes new ids over image placeholders",
+        "test_resize_tokens_embeddings": RESIZE_BELOW_CODES,
+        "test_resize_embeddings_untied": RESIZE_BELOW_CODES,
     },
     "processor": {
         "test_subprocessor_defaults_0_text": "the processor wraps text in its task's prompt template (system and role "

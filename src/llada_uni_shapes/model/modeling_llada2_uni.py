@@ -133,8 +133,8 @@ class LLaDA2UniForConditionalGeneration(LLaDA2UniGenerationMixin, LLaDA2UniTasks
         drop or shift them. Here the rows added (or removed) are text ids just below `image_token_offset`; the code
         rows move with the offset, which is updated in the config. After `tokenizer.add_tokens(...)`, call
         `model.resize_token_embeddings(len(tokenizer) + model.config.codebook_size)` and set the processor's
-        `image_token_offset` to `model.config.image_token_offset`. New rows start at the mean of the old text rows
-        (`mean_resizing=False`: the model's initialiser). A vocabulary whose codes are not its top ids resizes at the
+        `image_token_offset` to `model.config.image_token_offset`. New rows start at the mean of the old rows, as
+        transformers' `mean_resizing` keeps the matrix's mean (`mean_resizing=False`: the model's initialiser). A vocabulary whose codes are not its top ids resizes at the
         end, as in transformers, but never below the last code.
         """
         old = self.get_input_embeddings().weight.shape[0]
@@ -166,7 +166,7 @@ class LLaDA2UniForConditionalGeneration(LLaDA2UniGenerationMixin, LLaDA2UniTasks
             weight = module.weight
             text, codes = weight[:offset], weight[offset:]
             if delta > 0:
-                added = text.float().mean(0, keepdim=True).expand(delta, -1).to(weight.dtype)
+                added = weight.float().mean(0, keepdim=True).expand(delta, -1).to(weight.dtype)
                 if not mean_resizing:
                     added = torch.empty(delta, weight.shape[1], dtype=weight.dtype, device=weight.device)
                     added.normal_(0.0, getattr(text_config, "initializer_range", 0.02))
