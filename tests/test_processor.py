@@ -403,6 +403,97 @@ def test_default_chat_template_is_set_and_saved(processor, tmp_path):
     assert (tmp_path / "chat_template.jinja").read_text() == DEFAULT_CHAT_TEMPLATE
 
 
+def _token_text(processor, token_id):
+    """What a token covers in a rendered prompt of the test tokenizer (every vocabulary entry is its own text)."""
+    return processor.tokenizer.convert_ids_to_tokens(token_id)
+
+
+def test_raw_offsets_cover_the_rendered_text(processor):
+    texts = ["<role>SYSTEM</role> Hi <role>HUMAN</role><image>What is  shown?<role>ASSISTANT</role>A red cat",
+             "Hi there <image> and <image>!"]
+    grids = [[codes(1, 2)], [codes(1, 1), codes(2, 1, start=5)]]
+    for side in ("left", "right"):
+        out = processor(text=texts, mode="raw", image_tokens=grids, padding_side=side, return_offsets_mapping=True)
+        assert out["offset_mapping"].shape == (*out["input_ids"].shape, 2)
+        for text, ids, mask, spans in zip(texts, out["input_ids"].tolist(), out["attention_mask"].tolist(),
+                                          out["offset_mapping"].tolist()):
+            assert all(span == [0, 0] for span, kept in zip(spans, mask) if not kept)  # padding
+            padded = 0 in mask
+            assert (mask[0] == 0) == (side == "left" and padded) and (mask[-1] == 0) == (side == "right" and padded)
+            kept = [(token, span) for token, span, on in zip(ids, spans, mask) if on]
+            markers = [m for m in range(len(text)) if text.startswith("<image>", m)]
+            covered, blocks = [False] * len(text), []
+            for token, (start, end) in kept:
+                assert 0 <= start < end <= len(text)
+                if text[start:end] == "<image>":
+                    blocks.append(start)  # every id of an image block carries its marker's span
+                else:
+                    assert text[start:end] == _token_text(processor, token)
+                covered[start:end] = [True] * (end - start)
+            assert [start for index, start in enumerate(blocks) if index == 0 or blocks[index - 1] != start] == markers
+            assert all(done or text[index].isspace() for index, done in enumerate(covered))
+            assert [s for _, (s, _) in kept] == sorted(s for _, (s, _) in kept)
+        # The ids are those of the call without offsets.
+        plain = processor(text=texts, mode="raw", image_tokens=grids, padding_side=side)
+        assert torch.equal(plain["input_ids"], out["input_ids"]) and "offset_mapping" not in plain
+    block = processor(text="Hi <image>", mode="raw", image_tokens=codes(1, 2), return_offsets_mapping=True)
+    assert row(block)[1:] == code_block(1, 2, [0, 1]) and row(block, "offset_mapping")[1:] == [[3, 10]] * 7
+
+
+def test_raw_offsets_follow_bos_truncation_and_lists(processor):
+    text = "Hi there <image>!"
+    lists = processor(text=text, mode="raw", images=rgb(32, 32), return_offsets_mapping=True, add_bos=True,
+                      return_tensors=None, return_text_replacement_offsets=True)
+    spans = lists["offset_mapping"][0]
+    assert spans[0] == (0, 0) and spans[1:3] == [(0, 2), (3, 8)] and spans[-1] == (16, 17)
+    assert set(spans[3:-1]) == {(9, 16)} and len(spans) == len(lists["input_ids"][0])
+    assert lists["text_replacement_offsets"] == [[]]  # the text is tokenized as given, nothing of it is replaced
+    cut = processor(text="What is shown ? <image>", mode="raw", image_tokens=codes(1, 1), truncation=True,
+                    max_length=30, padding="max_length", return_offsets_mapping=True, padding_side="right")
+    full = processor(text="What is shown ? <image>", mode="raw", image_tokens=codes(1, 1),
+                     return_offsets_mapping=True)
+    length = full["input_ids"].shape[1]
+    assert cut["offset_mapping"][0, :length].tolist() == full["offset_mapping"][0].tolist()
+    assert cut["offset_mapping"][0, length:].eq(0).all() and cut["input_ids"].shape[1] == 30
+    for key in ("return_offsets_mapping", "return_text_replacement_offsets"):
+        with pytest.raises(ValueError, match=f"`{key}` needs mode 'raw'"):
+            processor(text="Hi", **{key: True})
+
+
+def _answer_ids(processor, answers):
+    return [i for answer in answers for i in processor.tokenizer(answer, add_special_tokens=False)["input_ids"]]
+
+
+def test_assistant_mask_selects_the_assistant_answers(processor):
+    with_image = [
+        {"role": "user", "content": [{"type": "image", "image": rgb(32, 64)},
+                                     {"type": "text", "text": "What is shown?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A red cat"}]},
+        {"role": "user", "content": "Make it blue"},
+        {"role": "assistant", "content": "I see a blue cat"},
+    ]
+    text_only = [
+        {"role": "system", "content": "detailed thinking off"},
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi there!"},
+    ]
+    for conversation, answers in ((with_image, ["A red cat", "I see a blue cat"]), (text_only, ["Hi there!"])):
+        out = processor.apply_chat_template(conversation, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        assert isinstance(out["assistant_masks"], torch.Tensor) and "offset_mapping" not in out
+        assert out["input_ids"][0][out["assistant_masks"][0].bool()].tolist() == _answer_ids(processor, answers)
+        # The ids are those of the chat without masks.
+        plain = processor.apply_chat_template(conversation, tokenize=True, return_dict=True)
+        assert torch.equal(plain["input_ids"], out["input_ids"])
+    for side in ("left", "right"):
+        batch = processor.apply_chat_template([with_image, text_only], tokenize=True, return_dict=True,
+                                              return_assistant_tokens_mask=True, padding_side=side)
+        masks = batch["assistant_masks"].bool()
+        assert masks.shape == batch["input_ids"].shape and not masks[batch["attention_mask"] == 0].any()
+        assert batch["input_ids"][0][masks[0]].tolist() == _answer_ids(processor, ["A red cat", "I see a blue cat"])
+        assert batch["input_ids"][1][masks[1]].tolist() == _answer_ids(processor, ["Hi there!"])
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Decoding
 # --------------------------------------------------------------------------------------------------------------------

@@ -44,9 +44,6 @@ OPT_OUTS: dict[str, dict[str, str]] = {
     "processor": {
         "test_subprocessor_defaults_0_text": "the processor wraps text in its task's prompt template (system and role "
                                              "turns), so its ids are not the tokenizer's ids of the bare text",
-        "test_apply_chat_template_assistant_mask": "KNOWN DEFECT: assistant token masks need offsets into the rendered "
-                                                   "prompt for every id; the processor writes prompts piecewise and "
-                                                   "refuses return_offsets_mapping",
     },
     "image_processor": {
         "test_call_numpy_4_channels": "images are always made RGB (an alpha channel is composited on white, as the "

@@ -72,7 +72,8 @@ def system_turn(system_prompt: str, *, spaced: bool = True) -> str:
     return f"<role>SYSTEM</role>{space}{system_prompt}{space}<role>HUMAN</role>"
 
 
-# One user turn with images renders exactly the understanding template; `<image>` markers become image blocks.
+# One user turn with images renders exactly the understanding template; `<image>` markers become image blocks. An
+# assistant message's content is a `{% generation %}` block: `return_assistant_tokens_mask=True` marks its tokens.
 DEFAULT_CHAT_TEMPLATE = (
     "{%- if system_prompt is defined and system_prompt is not none -%}"
     "{%- set default_system = system_prompt -%}"
@@ -101,11 +102,18 @@ DEFAULT_CHAT_TEMPLATE = (
     "{{- raise_exception('Only a leading system message and user / assistant messages are supported, got role '"
     " + message['role']) -}}"
     "{%- endif -%}"
+    "{%- set content -%}"
     "{%- if message['content'] is string -%}"
     "{{- message['content'] -}}"
     "{%- else -%}"
     "{%- for item in message['content'] if item['type'] == 'image' -%}{{- '<image>' -}}{%- endfor -%}"
     "{%- for item in message['content'] if item['type'] == 'text' -%}{{- item['text'] -}}{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- endset -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}{{- content -}}{%- endgeneration -%}"
+    "{%- else -%}"
+    "{{- content -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<role>ASSISTANT</role>' -}}{%- endif -%}"

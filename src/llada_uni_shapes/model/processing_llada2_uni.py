@@ -61,8 +61,9 @@ logger = logging.get_logger(__name__)
 # but their off value (verbose and sanitize_control_tokens are accepted and have no effect).
 _UNUSED_TEXT_KWARGS = ("text_pair", "text_target", "text_pair_target", "stride", "is_split_into_words",
                        "return_token_type_ids", "return_overflowing_tokens", "return_special_tokens_mask",
-                       "return_length", "return_offsets_mapping", "return_mm_token_type_ids",
-                       "return_text_replacement_offsets")
+                       "return_length", "return_mm_token_type_ids")
+# Character offsets into `text` exist only where `text` is the whole prompt (mode "raw").
+_OFFSET_KWARGS = ("return_offsets_mapping", "return_text_replacement_offsets")
 _PADDING = {True: "longest", "longest": "longest", "max_length": "max_length", False: None, "do_not_pad": None}
 _TRUNCATION = {True: True, "longest_first": True, "only_first": True, False: False, "do_not_truncate": False}
 
@@ -286,11 +287,11 @@ class LLaDA2UniProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------ token assembly
 
-    def _tokenize_parts(self, parts: list, unknown: Optional[dict] = None, raw: bool = False) -> list:
+    def _tokenize_parts(self, parts: list, unknown: Optional[dict] = None) -> list:
         """Concatenate parts: str -> tokenized (adjacent template strings merged first), list[int] -> ids as they are,
-        `UserText` -> tokenized on its own with special-token strings read as plain text. Words of user text (of every
-        string with `raw`, a prompt the caller rendered) that the tokenizer maps to its unknown token are collected in
-        `unknown`, for one warning per call."""
+        `UserText` -> tokenized on its own with special-token strings read as plain text. Words of user text that the
+        tokenizer maps to its unknown token are collected in `unknown`, for one warning per call (mode "raw", a prompt
+        the caller rendered, is written by `_raw_row`)."""
         ids, pending = [], []
         for part in parts + [None]:
             if isinstance(part, str) and not isinstance(part, UserText):
@@ -299,19 +300,20 @@ class LLaDA2UniProcessor(ProcessorMixin):
             if pending:
                 text = "".join(pending)
                 if text:
-                    ids.extend(self._encode(text, user=False, unknown=unknown if raw else None))
+                    ids.extend(self._encode(text, user=False, unknown=None)[0])
                 pending = []
             if isinstance(part, UserText):
-                ids.extend(self._encode(part, user=True, unknown=unknown))
+                ids.extend(self._encode(part, user=True, unknown=unknown)[0])
             elif part is not None:
                 ids.extend(part)
         return ids
 
-    def _encode(self, text: str, user: bool, unknown: Optional[dict]) -> list:
-        """Token ids of `text`. User text never yields an added token's id: `<|mask|>`, `<role>` or `<boi>` typed by a
-        user is text, not a control token. It is tokenized on its own, which gives the same ids as tokenizing it
-        inside the template because every template string next to it ends or starts at a special token, where
-        tokenizers cut the text first."""
+    def _encode(self, text: str, user: bool, unknown: Optional[dict]) -> tuple:
+        """Token ids of `text` and their (start, end) character spans in it (None where the tokenizer gives no
+        offsets: python tokenizers, and user text re-encoded without added tokens). User text never yields an added
+        token's id: `<|mask|>`, `<role>` or `<boi>` typed by a user is text, not a control token. It is tokenized on
+        its own, which gives the same ids as tokenizing it inside the template because every template string next to
+        it ends or starts at a special token, where tokenizers cut the text first."""
         options = {"add_special_tokens": False, "split_special_tokens": user}
         try:
             encoded = self.tokenizer(text, return_offsets_mapping=True, **options)
@@ -328,7 +330,30 @@ class LLaDA2UniProcessor(ProcessorMixin):
             for index, token in enumerate(ids):
                 if token == unk:
                     unknown[word_at(text, offsets[index]) if offsets is not None else "a word"] = None
-        return ids
+        return ids, (None if offsets is None else [tuple(span) for span in offsets])
+
+    def _raw_row(self, message: str, blocks: list, name: str, unknown: dict, with_offsets: bool) -> tuple:
+        """Mode "raw": the ids of a rendered prompt, its `<image>` markers replaced by the sample's image blocks (ids,
+        never tokenized from text), and, with `with_offsets`, each id's (start, end) character span in `message`:
+        a text token's span as the tokenizer gives it, every id of an image block the span of its marker."""
+        parts = self._message_parts(message, blocks, name, markers_required=True, user=False)
+        ids, spans, cursor, marker = [], [], 0, len(self.image_token)
+        for index, part in enumerate(parts):
+            if index % 2:  # an image block, written where its marker was
+                ids.extend(part)
+                spans.extend([(cursor, cursor + marker)] * len(part))
+                cursor += marker
+                continue
+            if part:
+                piece_ids, piece_spans = self._encode(part, user=False, unknown=unknown)
+                if with_offsets and piece_spans is None:
+                    raise ValueError("`return_offsets_mapping` (and `return_assistant_tokens_mask`) needs a fast "
+                                     "tokenizer (one backed by `tokenizers`), which gives character offsets.")
+                ids.extend(piece_ids)
+                if with_offsets:
+                    spans.extend((cursor + start, cursor + end) for start, end in piece_spans)
+            cursor += len(part)
+        return ids, (spans if with_offsets else None)
 
     def _image_block(self, image_info: dict) -> list:
         """One input image block as ids (placeholders for pixels, vocabulary ids for precomputed codes)."""
@@ -357,10 +382,12 @@ class LLaDA2UniProcessor(ProcessorMixin):
             parts.extend([block, piece])
         return parts
 
-    def _layout(self, rows: dict, text_kwargs: dict) -> dict:
+    def _layout(self, rows: dict, text_kwargs: dict, offsets: Optional[list] = None) -> dict:
         """Truncate and pad each group of rows (`input_ids`, `uncond_input_ids`, ...) as the text arguments say, and
         add the attention masks: the tokenizer's own conventions (`padding`, `truncation`, `max_length`,
-        `pad_to_multiple_of`, `padding_side`, `return_attention_mask`), applied to ids written from templates."""
+        `pad_to_multiple_of`, `padding_side`, `return_attention_mask`), applied to ids written from templates.
+        `offsets` (one list of (start, end) spans per `input_ids` row) are cut and padded the same way, padding with
+        (0, 0), and returned as `offset_mapping`."""
         padding_value = text_kwargs.get("padding")
         if padding_value is None:
             padding_value = False
@@ -391,17 +418,24 @@ class LLaDA2UniProcessor(ProcessorMixin):
         def in_image(token):
             return token in image_ids or (offset is not None and offset <= token < offset + self.codebook_size)
 
+        def keep(row):  # the kept slice of a row under truncation
+            if not truncation or len(row) <= max_length:
+                return slice(None)
+            return slice(0, max_length) if self.tokenizer.truncation_side == "right" else slice(len(row) - max_length,
+                                                                                                None)
+
         data = {}
         for key, group in rows.items():
             if truncation:
                 kept = []
                 for index, row in enumerate(group):
-                    cut = row if len(row) <= max_length else (
-                        row[:max_length] if self.tokenizer.truncation_side == "right" else row[len(row) - max_length:])
+                    cut = row[keep(row)]
                     if sum(map(in_image, cut)) != sum(map(in_image, row)):
                         raise ValueError(f"`max_length={max_length}` with `truncation` would cut into an image block "
                                          f"of row {index} ({len(row)} tokens); raise `max_length` or pass fewer images.")
                     kept.append(cut)
+                if key == "input_ids" and offsets is not None:
+                    offsets = [spans[keep(row)] for spans, row in zip(offsets, group)]
                 group = kept
             longest = max(len(row) for row in group)
             target = None
@@ -426,6 +460,12 @@ class LLaDA2UniProcessor(ProcessorMixin):
             data[key] = ids
             if with_mask is not False:
                 data[key.replace("input_ids", "attention_mask")] = masks
+            if key == "input_ids" and offsets is not None:
+                padded = []
+                for spans in offsets:
+                    fill = [(0, 0)] * ((target or len(spans)) - len(spans))
+                    padded.append(fill + list(spans) if side == "left" else list(spans) + fill)
+                data["offset_mapping"] = padded
         return data
 
     def _check_call_kwargs(self, kwargs: dict):
@@ -478,7 +518,11 @@ class LLaDA2UniProcessor(ProcessorMixin):
                   (see `LLaDA2UniProcessorKwargs`; defaults are this class's attributes of the same names);
                 - text: `padding` (defaults to "longest": rows are padded with the pad id on the tokenizer's padding
                   side, left), `truncation`, `max_length`, `pad_to_multiple_of`, `padding_side`,
-                  `return_attention_mask`, `return_tensors` (defaults to "pt"; "np" or None for lists);
+                  `return_attention_mask`, `return_tensors` (defaults to "pt"; "np" or None for lists); with mode
+                  "raw" also `return_offsets_mapping` (`offset_mapping`: each id's (start, end) character span in
+                  `text`; the ids of an image block share its `<image>` marker's span; BOS and padding get (0, 0))
+                  and `return_text_replacement_offsets` (empty lists: no text is rewritten), which
+                  `apply_chat_template(..., return_assistant_tokens_mask=True)` uses;
                 - images: any setting `image_processor.preprocess` takes (`edit_crop`, `size`, `do_rescale`, ...).
 
         Returns:
@@ -503,8 +547,12 @@ class LLaDA2UniProcessor(ProcessorMixin):
         for key in ("return_mm_token_type_ids", "return_text_replacement_offsets"):
             if merged.get(key):
                 text_kwargs[key] = True
-        if text_kwargs.get("return_offsets_mapping"):
-            raise ValueError("`return_offsets_mapping` (assistant token masks) is not supported by this processor.")
+        wanted = {key: bool(text_kwargs.pop(key, None)) for key in _OFFSET_KWARGS}
+        if any(wanted.values()) and mode != "raw":
+            asked = [key for key, value in wanted.items() if value]
+            raise ValueError(f"`{asked[0]}` needs mode 'raw' (the text is the whole prompt, e.g. a rendered chat "
+                             f"template), not {mode!r}: the other modes' template text is not in `text`.")
+        with_offsets, with_replacements = wanted["return_offsets_mapping"], wanted["return_text_replacement_offsets"]
         unused = sorted(key for key in _UNUSED_TEXT_KWARGS if text_kwargs.get(key) not in (None, False, 0))
         if unused:
             raise ValueError(f"{unused} are not supported by `LLaDA2UniProcessor` (its prompts are written from "
@@ -595,6 +643,7 @@ class LLaDA2UniProcessor(ProcessorMixin):
 
         # ---- templates
         rows = {"input_ids": []}
+        offsets = [] if with_offsets else None
         unknown = {}  # words the tokenizer does not know, collected over every row of this call
         uncond_wanted = mode in ("t2i", "edit", "interleaved") and return_uncond
         if uncond_wanted:
@@ -606,8 +655,10 @@ class LLaDA2UniProcessor(ProcessorMixin):
             name = "text" if single else f"text[{index}]"
             blocks = [self._image_block(info) for info in infos[index]]
             if mode == "raw":
-                parts = self._message_parts(message, blocks, name, markers_required=True, user=False)
-                rows["input_ids"].append(self._tokenize_parts(parts, unknown, raw=True))
+                ids, spans = self._raw_row(message, blocks, name, unknown, with_offsets)
+                rows["input_ids"].append(ids)
+                if with_offsets:
+                    offsets.append(spans)
                 continue
             if mode == "understanding":
                 sys = self._system_prompt("understanding", system_prompt)
@@ -656,12 +707,18 @@ class LLaDA2UniProcessor(ProcessorMixin):
             if bos is None:
                 raise ValueError("`add_bos=True` but the tokenizer has no BOS token.")
             rows = {key: [[bos] + row for row in value] for key, value in rows.items()}
+            if with_offsets:
+                offsets = [[(0, 0)] + spans for spans in offsets]
 
-        data = self._layout(rows, text_kwargs)
+        data = self._layout(rows, text_kwargs, offsets)
+        if with_replacements:
+            # The text is tokenized as given (image blocks are written as ids, not as expanded text), so no span of it
+            # was replaced: the offsets above already point into `text`.
+            data["text_replacement_offsets"] = [[] for _ in texts]
         if pixel_values:
             data["pixel_values"] = torch.cat(pixel_values)
             data["image_grid_thw"] = torch.cat(grids_thw)
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
 
     # ------------------------------------------------------------------ helpers per task
 
@@ -709,15 +766,26 @@ class LLaDA2UniProcessor(ProcessorMixin):
         `{"type": "image", ...}` / `{"type": "text", "text": ...}`; roles system / user / assistant become SYSTEM /
         HUMAN / ASSISTANT; a message's images go first, then its texts. The processor's understanding system prompt
         is used unless the conversation starts with a system message (or `system_prompt=` is given). With
-        `tokenize=True` the rendered prompt is processed with `mode="raw"`."""
+        `tokenize=True` the rendered prompt is processed with `mode="raw"`; `return_assistant_tokens_mask=True` maps
+        the template's `{% generation %}` spans (the assistant answers) to ids through the offsets of mode "raw", and
+        returns `assistant_masks` in the type of `input_ids`."""
         processor_kwargs = dict(processor_kwargs or {})
         processor_kwargs.setdefault("mode", "raw")
         template = self._resolve_chat_template(chat_template)
         if "system_prompt" not in kwargs and "system_prompt" in template:
             kwargs["system_prompt"] = self._system_prompt("understanding", None)
-        return super().apply_chat_template(
+        out = super().apply_chat_template(
             conversation, chat_template=chat_template, processor_kwargs=processor_kwargs, **kwargs
         )
+        # transformers leaves the masks as lists when no `return_tensors` is given, whatever the processor's default.
+        if isinstance(out, BatchFeature) and isinstance(out.get("assistant_masks"), list):
+            ids = out["input_ids"]
+            if isinstance(ids, torch.Tensor):
+                out["assistant_masks"] = torch.tensor(out["assistant_masks"], dtype=ids.dtype).reshape(ids.shape)
+            elif hasattr(ids, "astype"):  # numpy
+                masks = torch.tensor(out["assistant_masks"], dtype=torch.long).reshape(ids.shape)
+                out["assistant_masks"] = masks.numpy().astype(ids.dtype)
+        return out
 
     # ------------------------------------------------------------------ decoding
 
