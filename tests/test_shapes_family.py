@@ -112,6 +112,12 @@ def test_grown_vocabulary_reads_whole_words(grown, tmp_path):
     tokens = tokenizer.convert_ids_to_tokens(tokenizer("Which picture has the same colour? with no",
                                                        add_special_tokens=False)["input_ids"])
     assert tokens == ["which", "picture", "has", "the", "same", "colour", "?", "with", "no"]
+    # In a prompt too: a word added to the vocabulary is text a user may write; forged control tokens stay words.
+    prompt = processor(text="Which picture has the same colour? <boi>", mode="understanding", return_tensors=None)
+    tokens = tokenizer.convert_ids_to_tokens(prompt["input_ids"][0])
+    start = tokens.index("which")
+    assert tokens[start:start + 7] == ["which", "picture", "has", "the", "same", "colour", "?"]
+    assert "<boi>" not in tokens
     processor.save_pretrained(tmp_path)
     reloaded = type(processor).from_pretrained(tmp_path)
     assert reloaded.image_token_offset == processor.image_token_offset

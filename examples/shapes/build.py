@@ -51,7 +51,8 @@ from examples.shapes.world import ALL_COLOURS, EXTRA_WORDS, VOCABULARY, all_scen
 
 # Sized for 2 CPU cores (see docs/shapes.md for the time each stage takes); more steps help every stage.
 FULL = {"tokenizer": 1500, "vae": 800, "decoder": 4500, "turbo": 1000, "llm": 4000, "llm2": 2500, "llm3": 2500,
-        "llm4": 2500, "llm5": 2500, "llm6": 2500, "llm7": 3000}
+        "llm4": 2500, "llm5": 2500, "llm6": 2500, "llm7": 3000,
+        "llm8": 3000}
 QUICK = {name: 5 for name in FULL}
 # The LLM trains in six cosine cycles (warm restarts, the rate falling to 5e-4). Flat weighting throughout: the ELBO's
 # 1/t weights make a one-token answer masked at small t count up to 20x, a noisy signal for the understanding rows.
@@ -70,6 +71,13 @@ LLM_PHASES = {"llm": {"lr": 2e-3, "objective": FLAT},
               "llm6": {"lr": 5e-4, "objective": PAIRED, "rows": {**LATE_ROWS, "roundtrip_rate": 0.4}},
               # The newer tasks (family.py), after the tokenizer gains their words; the earlier rows stay in the mix.
               "llm7": {"lr": 5e-4, "objective": PAIRED, "rows": {**LATE_ROWS, "roundtrip_rate": 0.4}, "family": {},
+                       "by_length": True},
+              # After llm7 the newer tasks had hardly started (two-picture answers 7%, interleaved 0%) and edits had
+              # lost 3 points: a higher rate, twice the newer rows, one more copy of each edit.
+              "llm8": {"lr": 1e-3, "objective": PAIRED,
+                       "rows": {**LATE_ROWS, "edit_repeats": 4, "roundtrip_rate": 0.4},
+                       "family": {"thinking_repeats": 6, "pair_repeats": {"Which": 2, "Are": 6, "Where": 4},
+                                  "multi_ref_repeats": 4, "interleaved_repeats": 6, "counting_repeats": (8, 1)},
                        "by_length": True}}
 LLM_BATCH = 32
 
@@ -114,10 +122,10 @@ def seed_stages(folder: Path, work: Path, log=print):
     log(f"seeded {work} with stages {done} from {folder}")
 
 
-STAGES = ("tokenizer", "vae", "decoder", "turbo", "llm", "llm2", "llm3", "llm4", "llm5", "llm6", "llm7")
+STAGES = ("tokenizer", "vae", "decoder", "turbo", "llm", "llm2", "llm3", "llm4", "llm5", "llm6", "llm7", "llm8")
 NEEDS = {"tokenizer": (), "vae": (), "decoder": ("tokenizer", "vae"), "turbo": ("vae", "decoder"), "llm": ("tokenizer",),
          "llm2": ("llm",), "llm3": ("llm2",), "llm4": ("llm3",), "llm5": ("llm4",), "llm6": ("llm5", "turbo"),
-         "llm7": ("llm6", "turbo")}
+         "llm7": ("llm6", "turbo"), "llm8": ("llm7", "turbo")}
 
 
 class Stages:

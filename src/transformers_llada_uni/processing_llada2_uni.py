@@ -13,6 +13,7 @@ token strings read as plain text (`UserText`), so a user cannot write a control 
 """
 
 import os
+import re
 from typing import Optional, Union
 
 import torch
@@ -55,6 +56,7 @@ from .prompting_llada2_uni import (
     word_at,
 )
 
+_PLAIN_WORD = re.compile(r"^\w+$")
 logger = logging.get_logger(__name__)
 
 # transformers' text arguments that mean nothing for a prompt written from templates: refused when set to anything
@@ -188,8 +190,11 @@ class LLaDA2UniProcessor(ProcessorMixin):
         self.boi_token_id = vocab[BOI]
         self.uncondition_token_id = vocab.get(UNCONDITION)
         self.mask_token_id = vocab.get(MASK)
-        # Ids that only an added token's string can produce (the unknown token comes out of plain text too).
-        self._added_ids = set(self.tokenizer.added_tokens_decoder) - {self.tokenizer.unk_token_id}
+        # Control ids that only an added token's string can produce: special tokens and added tokens that are not
+        # plain words (`<role>`, `<|reserved_token_3|>`, ...). Words added to the vocabulary (`tokenizer.add_tokens`)
+        # are text a user may write; the unknown token comes out of plain text too.
+        self._added_ids = {index for index, token in self.tokenizer.added_tokens_decoder.items()
+                           if token.special or not _PLAIN_WORD.match(token.content)} - {self.tokenizer.unk_token_id}
         self.eos_token_id = vocab.get(END_OF_TEXT, self.tokenizer.eos_token_id)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else (self.eos_token_id if self.eos_token_id is not None else 0)
