@@ -66,11 +66,13 @@ def interleaved_right(segments, expected) -> bool:
 
 
 def evaluate_interleaved(pipe, scripts):
-    right = 0
+    """(every segment right, in order; the answer has the asked-for form: text, picture, text, picture)."""
+    right = shaped = 0
     for _, prompt, expected in scripts:
         out = pipe(prompt, interleaved=True, generator=torch.Generator().manual_seed(0), **TURBO)
         right += int(interleaved_right(out.segments[0], expected))
-    return _share(right, len(scripts))
+        shaped += int([isinstance(item, str) for item in out.segments[0]] == [isinstance(i, str) for i in expected])
+    return _share(right, len(scripts)), _share(shaped, len(scripts))
 
 
 def evaluate_counting(pipe, counting, batch_size):
@@ -102,7 +104,7 @@ def evaluate_family(pipe, scenes, batch_size, seed=0, log=print):
     result["multi_ref_editing"] = evaluate_multi_ref(pipe, drawn["multi_ref"], batch_size)
     timings["multi_ref_editing"] = time.time() - start
     start = time.time()
-    result["interleaved"] = evaluate_interleaved(pipe, drawn["interleaved"])
+    result["interleaved"], result["interleaved_structure"] = evaluate_interleaved(pipe, drawn["interleaved"])
     timings["interleaved"] = time.time() - start
     start = time.time()
     result["counting"], result["counting_one_shape"], counts["one_shape_scenes"] = evaluate_counting(

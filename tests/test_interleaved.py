@@ -17,10 +17,11 @@ def R(n):
     return VOCAB[f"<|reserved_token_{n}|>"]
 
 
-def grammar(max_grid=(3, 3), invalid_size="clamp"):
+def grammar(max_grid=(3, 3), invalid_size="clamp", text_order="parallel"):
     return InterleavedGrammar(vocab_size=OFFSET + CODEBOOK, mask_id=M, image_start_id=SOI, boi_id=BOI,
                               image_end_id=EOI, size_ids=[R(n) for n in range(48)], code_offset=OFFSET,
-                              codebook_size=CODEBOOK, max_grid=max_grid, invalid_size=invalid_size)
+                              codebook_size=CODEBOOK, max_grid=max_grid, invalid_size=invalid_size,
+                              text_order=text_order)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,18 @@ def test_frontier_without_room_is_plain_text_and_positions_past_the_region_are_u
     plan = plan_row(grammar(), row, 0, 4, 0, 8)
     assert plan[0] == ("plain", True) and plan[1:4] == [("plain", True)] * 3
     assert plan[4:] == [(None, True)] * 4
+
+
+def test_frontier_text_order_commits_text_left_to_right_only():
+    row = [HI, HI] + [M] * 10
+    plan = plan_row(grammar(text_order="frontier"), row, 2, 12, 0, 12)
+    assert plan[2] == ("text", True) and plan[3:] == [("plain", False)] * 9
+    row = [SOI, R(2), R(2), BOI, M, OFFSET + 1, M, M] + [M] * 8
+    plan = plan_row(grammar(text_order="frontier"), row, 0, 16, 0, 16)
+    assert plan[4:8] == [("code", True)] * 4  # an image's codes are still denoised in parallel
+    assert plan[8] == ("eoi", True) and plan[9] == ("text", True) and plan[10:] == [("plain", False)] * 6
+    with pytest.raises(ValueError, match="interleaved_text"):
+        grammar(text_order="sideways")
 
 
 def test_header_being_written_follows_the_grammar():

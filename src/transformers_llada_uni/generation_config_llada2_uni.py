@@ -46,6 +46,9 @@ DEFAULTS = {
     # interleaved text + images
     "max_grid": None,  # None: the largest side the size tokens can write
     "invalid_size": "clamp",
+    # "frontier": text is committed left to right, one position at a time, so an image can open wherever the text
+    # reaches; "parallel": text after the frontier is denoised in parallel too (it can fill the room an image needed)
+    "interleaved_text": "frontier",
     # machinery
     "use_block_cache": True,
     "sprint": None,
@@ -67,7 +70,7 @@ ALIASES = {
 # Fields only an LLaDA2.0-Uni model uses (left out of a text-only model's generation_config.json).
 IMAGE_FIELDS = ("image_steps", "image_height", "image_width", "pixels_per_token", "guidance_scale",
                 "edit_guidance_scale", "image_guidance_scale", "restrict_to_image_vocab", "thinking_max_new_tokens",
-                "max_grid", "invalid_size")
+                "max_grid", "invalid_size", "interleaved_text")
 SPECIAL_IDS = ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id")
 GENERATION_MODES = ("text", "image", "thinking", "interleaved")
 # transformers options with no meaning for block diffusion, with the value that means "off".
@@ -103,7 +106,7 @@ class LLaDA2GenerationConfig(GenerationConfig):
     `cfg_text_scale`) and `image_guidance_scale` (0.0; `cfg_image_scale`) for editing's three-way CFG,
     `restrict_to_image_vocab` (True).
     Thinking: `thinking_max_new_tokens` (4096; the reasoning runs with `steps`). Interleaved: `max_grid`,
-    `invalid_size` ("clamp" or "error").
+    `invalid_size` ("clamp" or "error"), `interleaved_text` ("frontier" or "parallel").
     Machinery: `use_block_cache` (True, exact), `sprint` (None; a dict of `SprintConfig` fields or True; approximate),
     `output_history`, `return_dict_in_generate`, `generation_mode` (None: from the inputs; "text", "image",
     "thinking", "interleaved").
@@ -311,6 +314,8 @@ def _check_fields(config, vocab_size, max_positions):
     top_k = value_of("top_k")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
         raise ValueError(f"`top_k` must be None or an integer >= 0, got {top_k!r}.")
+    if value_of("interleaved_text") not in (None, "frontier", "parallel"):
+        raise ValueError(f"`interleaved_text` must be 'frontier' or 'parallel', got {value_of('interleaved_text')!r}.")
     if value_of("invalid_size") not in (None, "clamp", "error"):
         raise ValueError(f"`invalid_size` must be 'clamp' or 'error', got {value_of('invalid_size')!r}.")
     mode = value_of("generation_mode")

@@ -28,6 +28,7 @@ from .generation_llada2_uni import guide_logits
 
 _HEADER = 4  # <|image|> h w <boi>
 INVALID_SIZE_MODES = ("clamp", "error")
+TEXT_ORDERS = ("frontier", "parallel")
 
 
 @dataclass
@@ -44,8 +45,11 @@ class InterleavedGrammar:
     codebook_size: int
     max_grid: tuple = None
     invalid_size: str = "clamp"
+    text_order: str = "frontier"
 
     def __post_init__(self):
+        if self.text_order not in TEXT_ORDERS:
+            raise ValueError(f"`interleaved_text` must be one of {TEXT_ORDERS}, got {self.text_order!r}.")
         if self.invalid_size not in INVALID_SIZE_MODES:
             raise ValueError(f"`invalid_size` must be one of {INVALID_SIZE_MODES}, got {self.invalid_size!r}.")
         largest = len(self.size_ids) - 1
@@ -109,7 +113,7 @@ def plan_row(grammar: InterleavedGrammar, row: list, gen_start: int, gen_end: in
     while i < stop:
         token = row[i]
         if undetermined:
-            plan[i] = ("plain", i > defer_to)
+            plan[i] = ("plain", grammar.text_order == "parallel" and i > defer_to)
             i += 1
             continue
         if token == mask:
@@ -188,7 +192,8 @@ def make_constraint(grammar, gen_start, gen_length, batch, cfg_scale=1.0):
     return constrain
 
 
-def interleaved_grammar(config, size_ids, max_grid=None, invalid_size="clamp") -> InterleavedGrammar:
+def interleaved_grammar(config, size_ids, max_grid=None, invalid_size="clamp",
+                        text_order="frontier") -> InterleavedGrammar:
     """The grammar of a `LLaDA2UniConfig`; `size_ids[n]` writes a grid side of n (from `reserved_token_start_id`)."""
     if not size_ids:
         raise ValueError("interleaved generation needs the size tokens: set `reserved_token_start_id` in the config.")
@@ -200,7 +205,7 @@ def interleaved_grammar(config, size_ids, max_grid=None, invalid_size="clamp") -
         vocab_size=text.vocab_size, mask_id=text.mask_token_id, image_start_id=config.image_start_token_id,
         boi_id=config.boi_token_id, image_end_id=config.image_end_token_id, size_ids=list(size_ids),
         code_offset=config.image_token_offset, codebook_size=config.codebook_size, max_grid=max_grid,
-        invalid_size=invalid_size,
+        invalid_size=invalid_size, text_order=text_order if text_order is not None else "frontier",
     )
 
 

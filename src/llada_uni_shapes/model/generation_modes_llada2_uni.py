@@ -314,7 +314,8 @@ class LLaDA2UniGenerationMixin:
             raise ValueError("`input_ids` must hold one prompt: interleaved generation runs batch 1.")
         limit = self.config.get_text_config().max_position_embeddings
         config = _with(config, max_new_tokens=fit_length(config, explicit, "max_new_tokens", len(prompts[0]), limit))
-        grammar = interleaved_grammar(self.config, self._size_ids(), config.max_grid, config.invalid_size)
+        grammar = interleaved_grammar(self.config, self._size_ids(), config.max_grid, config.invalid_size,
+                                      config.interleaved_text)
         scale = config.guidance_scale if "uncond" in rows else 1.0
         guidance = []
         if scale != 1.0:
