@@ -100,13 +100,15 @@ def _tab(page, name: str):
 def test_draw_ask_edit_interleave_and_refuse_a_bad_upload(page, tmp_path):
     started = time.perf_counter()
 
-    # Text to image: the picture shows a red circle on the left; the token canvas and the summary show up.
-    page.locator("#t2i-prompt textarea").fill("a red circle on the left")
+    # Text to image (the README's first prompt): a red circle on the left, a blue square at the top; the token canvas
+    # and the summary show up.
+    page.locator("#t2i-prompt textarea").fill("a red circle on the left and a blue square at the top")
     page.locator("#t2i-run").click()
     _done(page, "t2i-status")
     expect(page.locator("#t2i-status")).to_contain_text("LLM denoising steps")
     drawn = by_colour(detect(_picture(page, "t2i-image")))
     assert "red" in drawn and drawn["red"].shape == "circle" and drawn["red"].position == "left", drawn
+    assert "blue" in drawn and drawn["blue"].shape == "square" and drawn["blue"].position == "top", drawn
     expect(page.locator("#t2i-canvas img")).to_have_count(1)
     page.wait_for_function("() => ['#t2i-canvas img', '#t2i-image img'].every(s => { const i = "
                            "document.querySelector(s); return i && i.complete && i.naturalWidth > 0; })")
@@ -116,19 +118,19 @@ def test_draw_ask_edit_interleave_and_refuse_a_bad_upload(page, tmp_path):
 
     # Understanding: the picture goes over with the button; the answer names the colour.
     page.locator("#t2i-to-ask").click()
-    page.locator("#ask-question textarea").fill("What colour is the circle?")
+    page.locator("#ask-question textarea").fill("What colour is the square?")
     page.locator("#ask-run").click()
     _done(page, "ask-status")
-    expect(page.locator("#ask-answer textarea")).to_have_value("red")
+    expect(page.locator("#ask-answer textarea")).to_have_value("blue")
 
-    # Editing: blue pixels appear, red ones are gone.
+    # Editing: the circle turns green (no red left), the square stays blue.
     _tab(page, "Text to image")
     page.locator("#t2i-to-edit").click()
-    page.locator("#edit-instruction textarea").fill("make the circle blue")
+    page.locator("#edit-instruction textarea").fill("make the circle green")
     page.locator("#edit-run").click()
     _done(page, "edit-status")
     edited = by_colour(detect(_picture(page, "edit-image")))
-    assert "blue" in edited and "red" not in edited, edited
+    assert "green" in edited and "blue" in edited and "red" not in edited, edited
 
     # Interleaved: an ordered list of text / image segments (the shapes model is not trained for this mode, so the
     # structure is checked, not the content).
