@@ -1,6 +1,7 @@
 """One pipeline for the LLaDA2.0-Uni tasks: prompt -> image, image + question -> text, image + instruction -> image,
-and prompt -> an interleaved answer of text and images. The transformers model (`mllm`) produces image tokens or text; the decoder stages of
-`pipeline_llada2_uni_decoder.py` turn image tokens into pixels. The pipeline owns no model math.
+and prompt -> an interleaved answer of text and images. The transformers model (`mllm`) produces image tokens or
+text; the decoder stages of `pipeline_llada2_uni_decoder.py` turn image tokens into pixels. The pipeline owns no
+model math.
 """
 
 import gc
