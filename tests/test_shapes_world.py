@@ -1,7 +1,6 @@
 """The shapes world (examples/shapes): deterministic datasets split by scene, a closed vocabulary, and an analytic
 checker that reads renders exactly and degraded renders almost always."""
 
-import importlib.util
 import random
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT, SRC_DIR
+from conftest import REPO_ROOT
 from examples.shapes.checker import detect, edit_report, read_scene, score_edit, score_t2i
 from examples.shapes.dataset import SPLITS, TASKS, build_datasets, split_scenes
 from examples.shapes.world import (VOCABULARY, Scene, Shape, all_scenes, caption, changed_attribute, edits,
@@ -112,12 +111,9 @@ def test_datasets_are_deterministic_and_split_by_scene(small):
 
 
 def test_rows_match_the_collator_and_the_ground_truth(small):
-    # The collator module alone (it needs only torch): importing the package would load all of transformers.
-    spec = importlib.util.spec_from_file_location("shapes_collator", SRC_DIR / "transformers_llada_uni" /
-                                                  "data_collator_llada2_uni.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    collator = object.__new__(module.LLaDA2UniDataCollator)  # task_of reads only the row
+    from transformers_llada_uni.data_collator_llada2_uni import LLaDA2UniDataCollator
+
+    collator = object.__new__(LLaDA2UniDataCollator)  # task_of reads only the row
     for task in TASKS:
         rows = small[task]["validation"]
         assert rows.features[("image" if task != "text-to-image" else "target_image")].__class__.__name__ == "Image"
