@@ -391,7 +391,7 @@ class LLaDA2UniPipeline(DiffusionPipeline):
             self._histories.append(out.history)
 
     def _image_tokens(self, mllm, batch, mode, per_prompt, llm) -> tuple:
-        inputs = {key: value.to(mllm.generation_device) for key, value in batch.items()}
+        inputs = mllm._to_device(batch)
         out = mllm.generate(**inputs, generation_mode=mode, num_return_sequences=per_prompt,
                             return_dict_in_generate=True, **llm)
         self._keep_history(out)
@@ -433,7 +433,7 @@ class LLaDA2UniPipeline(DiffusionPipeline):
     def _understand(self, mllm, image, question, llm):
         questions = _texts(question, "question")
         batch = self.processor(text=questions, images=_images(image, len(questions)), mode="understanding")
-        inputs = {key: value.to(mllm.generation_device) for key, value in batch.items()}
+        inputs = mllm._to_device(batch)
         out = mllm.generate(**inputs, generation_mode="text", return_dict_in_generate=True, **llm)
         self._keep_history(out)
         prompt_length = batch["input_ids"].shape[1]
@@ -447,7 +447,7 @@ class LLaDA2UniPipeline(DiffusionPipeline):
         answers = []
         for text, source in zip(prompts, sources):
             batch = self.processor(text=text, images=None if source is None else [source], mode="interleaved")
-            inputs = {key: value.to(mllm.generation_device) for key, value in batch.items()}
+            inputs = mllm._to_device(batch)
             out = mllm.generate(**inputs, generation_mode="interleaved", return_dict_in_generate=True, **llm)
             self._keep_history(out)
             generated = out.sequences[0, batch["input_ids"].shape[1]:].cpu()

@@ -133,14 +133,14 @@ class LLaDA2UniGenerationMixin:
     def _fill_image_rows(self, rows, pixel_values, image_grid_thw, image_tokens):
         """Put the images' codes into every row set that holds placeholders (cond and text-dropped rows share the
         images; image-dropped rows hold none)."""
+        device = self.generation_device  # a walk over the modules: once per call
         if image_tokens is None:
             if pixel_values is None or image_grid_thw is None:
                 raise ValueError("`pixel_values` needs `image_grid_thw` (both come from the processor).")
-            device = self.generation_device
             image_tokens = self.get_image_tokens(pixel_values.to(device), image_grid_thw.to(device))
         filled = {}
         for key, (ids, mask) in rows.items():
-            ids = ids.to(self.generation_device)
+            ids = ids.to(device)
             if self.image_placeholder_mask(ids).any():
                 ids = self.insert_image_tokens(ids, image_tokens=image_tokens)
             filled[key] = (ids, mask)
@@ -297,7 +297,8 @@ class LLaDA2UniGenerationMixin:
         pad = config.pad_token_id
         ids = torch.stack([torch.cat([torch.full((longest - len(p),), pad), p]) for p in phase_two])
         mask = torch.stack([torch.cat([torch.zeros(longest - len(p)), torch.ones(len(p))]) for p in phase_two]).long()
-        rows = {**rows, "cond": (ids.to(self.generation_device), mask.to(self.generation_device))}
+        device = self.generation_device
+        rows = {**rows, "cond": (ids.to(device), mask.to(device))}
         result = self._generate_image(rows, _with(config, return_dict_in_generate=True), (h, w), logits_processor,
                                       generator)
         if not config.return_dict_in_generate:

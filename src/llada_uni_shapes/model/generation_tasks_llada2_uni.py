@@ -65,7 +65,8 @@ class LLaDA2UniTasksMixin:
         return {"image_tokens": [self._codes_from_original(image_tokens, h, w, name)]}
 
     def _to_device(self, batch):
-        return {key: value.to(self.generation_device) for key, value in batch.items()}
+        device = self.generation_device
+        return {key: value.to(device) for key, value in batch.items()}
 
     def generate_image_tokens(self, input_ids, *, height=None, width=None, generation_config=None, **kwargs):
         """Image tokens after prompts that end with the output header (e.g. `processor(mode="t2i")`): a dict with
