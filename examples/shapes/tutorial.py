@@ -510,8 +510,7 @@ def run(folder, out, *, quick=False, seed=0, log=print) -> dict:
         timed("trajectory", tutorial.trajectory)
         timed("decoder_steps", lambda: tutorial.decoder_steps(codes))
         timed("guidance", tutorial.guidance)
-        drawing = {"big": big, "captioned": captioned, "row": row, "column": column}
-        tutorial.numbers["family"] = timed("family", lambda: family(tutorial, drawing))
+        tutorial.numbers["family"] = timed("family", lambda: family(tutorial))
     timed("lora", tutorial.lora)  # trains: outside no_grad
     timings["total"] = round(time.time() - started, 1)
     summary = {"model": str(folder), "quick": quick, "seed": seed, **tutorial.numbers, "timings_s": timings}

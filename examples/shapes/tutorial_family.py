@@ -17,11 +17,12 @@ MULTI_REF = "put the red circle into the second picture"
 STORY = f"draw {caption(RED_LEFT)} then move the circle to the right"
 
 
-def family(tutorial, drawing):
+def family(tutorial):
     """Writes family.png; returns what each call produced (texts, and whether the checker reads each picture as the
-    scene asked for). `drawing` is tutorial.py's helpers (big, captioned, row, column, text_size)."""
+    scene asked for)."""
+    from examples.shapes.tutorial import big, captioned, column, row  # tutorial.py imports this module
+
     pipe, seed = tutorial.pipe, tutorial.seed
-    big, captioned, row, column = drawing["big"], drawing["captioned"], drawing["row"], drawing["column"]
 
     def gen():
         return torch.Generator().manual_seed(seed)
