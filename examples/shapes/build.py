@@ -250,6 +250,8 @@ def build(out: Path, *, quick=False, seed=0, threads=None, work=None, stages=STA
     if missing:
         log(f"stages {missing} are not ready: no model written (train them, then rerun with --resume)")
         return summary
+    # The objective is each training run's choice (train_llm sets it), not part of the model: saved unset, as shipped.
+    model.config.get_text_config().diffusion_training = None
     save_pipeline(out, processor, model, pixel)
     run.timings["stages_total"] = round(sum(run.timings[name] or 0.0 for name in STAGES), 1)  # one core after another
     run.timings["this_run"] = round(time.time() - started, 1)
