@@ -44,12 +44,18 @@ def evaluate_pairs(pipe, pairs, batch_size):
 
 
 def evaluate_multi_ref(pipe, edits, batch_size):
-    done = 0
+    """multi_ref_editing, and its two kinds apart: "put the X into the second picture" and "make the X the colour
+    of the Y" (diagnostics)."""
+    done = {"put": [0, 0], "make": [0, 0]}
     for chunk in _chunks(edits, batch_size):
         images = pipe(image=[[render(a), render(b)] for a, b, _, _ in chunk], instruction=[t for _, _, t, _ in chunk],
                       generator=torch.Generator().manual_seed(0), **TURBO).images
-        done += sum(int(score_edit(second, target, image)) for (_, second, _, target), image in zip(chunk, images))
-    return _share(done, len(edits))
+        for (_, second, instruction, target), image in zip(chunk, images):
+            tally = done[instruction.split()[0]]
+            tally[0] += int(score_edit(second, target, image))
+            tally[1] += 1
+    return {"multi_ref_editing": _share(sum(d for d, _ in done.values()), len(edits)),
+            "multi_ref_put": _share(*done["put"]), "multi_ref_recolour": _share(*done["make"])}
 
 
 def interleaved_right(segments, expected) -> bool:
@@ -101,7 +107,7 @@ def evaluate_family(pipe, scenes, batch_size, seed=0, log=print):
     result["two_image_understanding"] = evaluate_pairs(pipe, drawn["pairs"], batch_size)
     timings["two_image_understanding"] = time.time() - start
     start = time.time()
-    result["multi_ref_editing"] = evaluate_multi_ref(pipe, drawn["multi_ref"], batch_size)
+    result.update(evaluate_multi_ref(pipe, drawn["multi_ref"], batch_size))
     timings["multi_ref_editing"] = time.time() - start
     start = time.time()
     result["interleaved"], result["interleaved_structure"] = evaluate_interleaved(pipe, drawn["interleaved"])

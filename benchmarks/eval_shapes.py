@@ -11,8 +11,10 @@ position). Understanding: every question of each test scene, exact match of the 
 test scene -> `checker.score_edit` (the asked attribute changed, the rest kept). Tokens per forward pass of
 text-to-image token generation at thresholds 0.95 / 0.9 / 0.7. The newer tasks (`benchmarks/eval_family.py`, on
 pairs of held-out scenes): thinking text-to-image (`thinking_t2i`: all three attributes right; `thinking_consistent`:
-the plan text and the picture agree), `two_image_understanding`, `multi_ref_editing`, `interleaved` (every text and
-image segment right, in order) and `counting` (`--no-family` skips them). The last line is one JSON object with
+the plan text and the picture agree), `two_image_understanding`, `multi_ref_editing` (and its two kinds apart,
+`multi_ref_put` and `multi_ref_recolour`), `interleaved` (every text and image segment right, in order; with
+`interleaved_structure`, the share whose form is right) and `counting` (and `counting_one_shape`); `--no-family`
+skips them. The last line is one JSON object with
 `t2i_color`, `t2i_shape`, `t2i_position`, `understanding`, `editing` and `tpf_0.9` (and `sprint`, the settings, with
 --sprint), the newer tasks' scores, then `tpf_0.95`, `tpf_0.7`, `dtype` and `block_cache` (and `vision_dtype` with
 --vision-float32).

@@ -36,8 +36,8 @@ def test_eval_shapes_reports_every_key(tmp_path, capsys):
     assert main(["--model", str(folder), "--limit", "2", "--split", "validation"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     scores = {"t2i_color", "t2i_shape", "t2i_position", "understanding", "editing"}
-    family = {"thinking_t2i", "thinking_consistent", "two_image_understanding", "multi_ref_editing", "interleaved",
-              "interleaved_structure", "counting", "counting_one_shape"}
+    family = {"thinking_t2i", "thinking_consistent", "two_image_understanding", "multi_ref_editing", "multi_ref_put",
+              "multi_ref_recolour", "interleaved", "interleaved_structure", "counting", "counting_one_shape"}
     assert set(summary) == scores | family | {"tpf_0.9", "tpf_0.95", "tpf_0.7", "dtype", "block_cache"}
     assert all(0.0 <= summary[k] <= 1.0 for k in scores) and min(summary[f"tpf_{t}"] for t in (0.9, 0.95, 0.7)) > 0
     # Two scenes may hold no case of a kind (e.g. no one-shape scene): such a score is null, never a made-up 0.

@@ -100,7 +100,11 @@ def grown():
     processor = build_processor(tokenizer, SIZES)
     model = build_model(tokenizer, SIZES)
     old_offset = processor.image_token_offset
+    text_mean = model.get_input_embeddings().weight[:old_offset].mean(0)
     assert extend_vocabulary(model, processor, EXTRA_WORDS) == len(EXTRA_WORDS)
+    # The recipe starts the new words at the mean of the text rows (as the shipped model's run did).
+    added = model.get_input_embeddings().weight[old_offset : old_offset + len(EXTRA_WORDS)]
+    torch.testing.assert_close(added, text_mean.expand_as(added))
     assert extend_vocabulary(model, processor, EXTRA_WORDS) == 0  # already known
     assert processor.image_token_offset == model.config.image_token_offset == old_offset + len(EXTRA_WORDS)
     return model, processor
@@ -180,6 +184,19 @@ def test_family_rows_collate_in_one_batch(grown):
     assert len(kinds) >= 4
     batch = LLaDA2UniDataCollator(processor, block_length=16)(rows[:64])
     assert batch["input_ids"].shape[0] == 64
+
+
+def test_family_rows_repeat_by_first_word():
+    drawn = cases(split_scenes()["test"][:30], seed=0)
+    codes = lambda s: {"token_ids": [0] * 9, "h": 3, "w": 3}  # noqa: E731
+    kinds = {"put": sum(t.startswith("put ") for *_, t, _ in drawn["multi_ref"]),
+             "make": sum(t.startswith("make ") for *_, t, _ in drawn["multi_ref"])}
+    assert min(kinds.values()) > 0
+    for repeats in (2, {"put": 5, "make": 1}):
+        rows = family_rows(drawn, codes, seed=0, multi_ref_repeats=repeats)
+        multi = [r for r in rows if "instruction" in r and isinstance(r["image_tokens"], list)]
+        expected = sum(kinds.values()) * repeats if isinstance(repeats, int) else 5 * kinds["put"] + kinds["make"]
+        assert len(multi) == expected
 
 
 @pytest.fixture(scope="module")

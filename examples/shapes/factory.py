@@ -166,9 +166,16 @@ def extend_vocabulary(model, processor, words) -> int:
     new = [w.lower() for w in words if w.lower() not in known]
     if not new:
         return 0
+    offset = model.config.image_token_offset
     tokenizer.add_tokens([AddedToken(w, single_word=True, normalized=True) for w in new])
     model.resize_token_embeddings(len(tokenizer) + model.config.codebook_size)
     processor.image_token_offset = model.config.image_token_offset
+    # The shipped model's new words started at the mean of the text rows; `resize_token_embeddings` takes the mean of
+    # every row (codes included), so the recipe sets them itself.
+    with torch.no_grad():
+        for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+            rows = module.weight
+            rows[offset : offset + len(new)] = rows[:offset].float().mean(0).to(rows.dtype)
     return len(new)
 
 

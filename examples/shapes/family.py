@@ -64,12 +64,18 @@ def cases(scenes, seed=0, *, pairs_per_scene=2, single_pairs=8):
 PAIR_REPEATS = {"Which": 1, "Are": 3, "Where": 2}
 
 
+def _repeats(table, text):
+    """Copies of a row: `table` is one count for every row, or a dict by the text's first word."""
+    return table[text.split()[0]] if isinstance(table, dict) else table
+
+
 def family_rows(cases_, codes_of, *, seed=0, uncondition_rate=0.1, thinking_repeats=3, pair_repeats=None,
                 multi_ref_repeats=2, interleaved_repeats=3, counting_repeats=(8, 1)):
     """Collator rows of `cases(...)`; `codes_of(scene)` gives a scene's code grid dict. `pair_repeats`: copies per
     two-picture question by its first word (default `PAIR_REPEATS`: "Which picture has ...?" questions are many, the
     yes / no and "Where did ... move to?" ones few). `counting_repeats`: copies of "How many shapes are there?" for
-    one-shape and two-shape scenes (one-shape scenes are 5% of the world, and the model answered "two" too often)."""
+    one-shape and two-shape scenes (one-shape scenes are 5% of the world, and the model answered "two" too often). `multi_ref_repeats` may also be a
+dict by the instruction's first word ("put" / "make")."""
     pair_repeats = PAIR_REPEATS if pair_repeats is None else pair_repeats
     rng = random.Random(f"family-rows/{seed}")
     rows = []
@@ -83,9 +89,9 @@ def family_rows(cases_, codes_of, *, seed=0, uncondition_rate=0.1, thinking_repe
                          "target_image_tokens": codes_of(scene)})
     for first, second, question, answer in cases_["pairs"]:
         rows += [{"image_tokens": [codes_of(first), codes_of(second)], "question": question, "answer": answer}
-                 for _ in range(pair_repeats[question.split()[0]])]
+                 for _ in range(_repeats(pair_repeats, question))]
     for first, second, instruction, target in cases_["multi_ref"]:
-        for _ in range(multi_ref_repeats):
+        for _ in range(_repeats(multi_ref_repeats, instruction)):
             rows.append({"image_tokens": [codes_of(first), codes_of(second)], "instruction": text(instruction),
                          "target_image_tokens": codes_of(target)})
     for _, prompt, segments in cases_["interleaved"]:

@@ -134,8 +134,9 @@ class LLaDA2UniForConditionalGeneration(LLaDA2UniGenerationMixin, LLaDA2UniTasks
         rows move with the offset, which is updated in the config. After `tokenizer.add_tokens(...)`, call
         `model.resize_token_embeddings(len(tokenizer) + model.config.codebook_size)` and set the processor's
         `image_token_offset` to `model.config.image_token_offset`. New rows start at the mean of the old rows, as
-        transformers' `mean_resizing` keeps the matrix's mean (`mean_resizing=False`: the model's initialiser). A vocabulary whose codes are not its top ids resizes at the
-        end, as in transformers, but never below the last code.
+        transformers' `mean_resizing` keeps the matrix's mean (`mean_resizing=False`: the model's initialiser). A
+        vocabulary whose codes are not its top ids resizes at the end, as in transformers, but never below the last
+        code.
         """
         old = self.get_input_embeddings().weight.shape[0]
         if new_num_tokens is None:
