@@ -185,7 +185,7 @@ def test_tasks_run_with_the_models_defaults(runner):
     drawn = runner.text_to_image("a red circle on the left and a blue square at the top", False, settings)
     assert drawn.frames and all(frame.size == drawn.frames[0].size for frame in drawn.frames)
     assert "red" in by_colour(detect(drawn.images[0])) and "done in" in drawn.summary
-    assert f"{len(drawn.frames)} LLM denoising steps" in drawn.summary  # every step of the pipeline's .history
+    assert f"{len(drawn.frames)} LLM denoising step" in drawn.summary  # every step of the pipeline's .history
     assert "1 picture by the turbo decoder, 8 steps" in drawn.summary
     answer = runner.understand(drawn.images[0], None, "What colour is the square?", settings)
     assert answer.text == "blue" and answer.frames and "decoder" not in answer.summary

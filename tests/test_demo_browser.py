@@ -105,7 +105,7 @@ def test_draw_ask_edit_interleave_and_refuse_a_bad_upload(page, tmp_path):
     page.locator("#t2i-prompt textarea").fill("a red circle on the left and a blue square at the top")
     page.locator("#t2i-run").click()
     _done(page, "t2i-status")
-    expect(page.locator("#t2i-status")).to_contain_text("LLM denoising steps")
+    expect(page.locator("#t2i-status")).to_contain_text("LLM denoising step")
     drawn = by_colour(detect(_picture(page, "t2i-image")))
     assert "red" in drawn and drawn["red"].shape == "circle" and drawn["red"].position == "left", drawn
     assert "blue" in drawn and drawn["blue"].shape == "square" and drawn["blue"].position == "top", drawn

@@ -240,7 +240,8 @@ class DemoRunner:
     def _summary(self, seconds, history, settings: Settings, pictures: int = 0) -> str:
         """One line: time, LLM steps, and the decoder when it ran (`pictures` decoded; an interleaved answer may
         have none, and then no decoder ran)."""
-        parts = [f"done in {seconds:.2f} s", f"{len(history_steps(history))} LLM denoising steps"]
+        llm_steps = len(history_steps(history))
+        parts = [f"done in {seconds:.2f} s", f"{llm_steps} LLM denoising step{'' if llm_steps == 1 else 's'}"]
         if pictures:
             name, steps = self._decoder(settings)
             parts.append(f"{pictures} picture{'s' if pictures > 1 else ''} by the {name} decoder, {steps} steps")
