@@ -14,7 +14,7 @@ stages and loads the rest, so on two cores the LLM and the pixel side can train 
     python examples/shapes/build.py --out M --stages tokenizer --threads 2
     python examples/shapes/build.py --out M --stages llm,llm2,llm3 --threads 1 &      # these two at once
     python examples/shapes/build.py --out M --stages vae,decoder,turbo --threads 1
-    wait; python examples/shapes/build.py --out M --resume --threads 2    # llm4-llm6 (llm6 needs turbo), writes M
+    wait; python examples/shapes/build.py --out M --resume --threads 2    # llm4-llm11 (llm6 needs turbo), writes M
 
 The result loads with `LLaDA2UniPipeline.from_pretrained(out)`.
 """
@@ -52,17 +52,21 @@ from examples.shapes.world import ALL_COLOURS, EXTRA_WORDS, VOCABULARY, all_scen
 # Sized for 2 CPU cores (see docs/shapes.md for the time each stage takes); more steps help every stage.
 FULL = {"tokenizer": 1500, "vae": 800, "decoder": 4500, "turbo": 1000, "llm": 4000, "llm2": 2500, "llm3": 2500,
         "llm4": 2500, "llm5": 2500, "llm6": 2500, "llm7": 3000,
-        "llm8": 3000}
+        "llm8": 3000, "llm9": 3000, "llm10": 4200, "llm11": 2000}
 QUICK = {name: 5 for name in FULL}
-# The LLM trains in six cosine cycles (warm restarts, the rate falling to 5e-4). Flat weighting throughout: the ELBO's
+# The LLM first trains in six cosine cycles (warm restarts, the rate falling to 5e-4). Flat weighting throughout: the ELBO's
 # 1/t weights make a one-token answer masked at small t count up to 20x, a noisy signal for the understanding rows.
 # From the second cycle on, complementary masks (every supervised token predicted once per pair of rows). From the
 # fourth, more copies of what the model still gets wrong most: questions that name a place, and edits (and captions
 # again, which the fourth cycle's mix had made rarer). The last also gives 40% of the question and edit rows the
-# model's own drawing as their source (`roundtrip.py`), so it answers about and edits what it drew.
+# model's own drawing as their source (`roundtrip.py`), so it answers about and edits what it drew. Cycles 7-11 add
+# the family's other tasks (`family.py`), every earlier row still in the mix.
 FLAT = {"mask_ratio_min": 0.05, "mask_ratio_max": 1.0, "loss_weighting": "none"}
 PAIRED = {**FLAT, "complementary_masking": True}
 LATE_ROWS = {"lookup_repeats": 4, "edit_repeats": 3, "t2i_repeats": 6}
+# From llm9 on: the earlier rows with fewer place-naming questions, and the newer tasks weighted to what is still short.
+FOCUSED_ROWS = {**LATE_ROWS, "lookup_repeats": 2, "edit_repeats": 4, "roundtrip_rate": 0.4}
+FOCUSED_FAMILY = {"pair_repeats": {"Which": 1, "Are": 3, "Where": 2}, "counting_repeats": (4, 1)}
 LLM_PHASES = {"llm": {"lr": 2e-3, "objective": FLAT},
               "llm2": {"lr": 1e-3, "objective": PAIRED},
               "llm3": {"lr": 5e-4, "objective": PAIRED},
@@ -78,7 +82,25 @@ LLM_PHASES = {"llm": {"lr": 2e-3, "objective": FLAT},
                        "rows": {**LATE_ROWS, "edit_repeats": 4, "roundtrip_rate": 0.4},
                        "family": {"thinking_repeats": 6, "pair_repeats": {"Which": 2, "Are": 6, "Where": 4},
                                   "multi_ref_repeats": 4, "interleaved_repeats": 6, "counting_repeats": (8, 1)},
-                       "by_length": True}}
+                       "by_length": True},
+              # After llm8 two-picture questions and counting were there, and thinking pictures close (0.86); the
+              # interleaved answers copied the prompt's caption wrong and multi-reference "put ..." edits mostly
+              # failed: their rows take 40% of the mix, the questions fewer place-naming copies.
+              "llm9": {"lr": 1e-3, "objective": PAIRED, "rows": FOCUSED_ROWS,
+                       "family": {**FOCUSED_FAMILY, "thinking_repeats": 8, "multi_ref_repeats": {"put": 16, "make": 6},
+                                  "interleaved_repeats": 20},
+                       "by_length": True},
+              # After llm9 the interleaved texts were right (97%) but not the pictures in them (a changed picture
+              # drawn from the one before it: 3%), "put ..." edits 55%, thinking pictures 91%: more of each, a longer
+              # cycle, and captions x8 (text-to-image shape had lost half a point).
+              "llm10": {"lr": 1e-3, "objective": PAIRED, "rows": {**FOCUSED_ROWS, "t2i_repeats": 8},
+                        "family": {**FOCUSED_FAMILY, "thinking_repeats": 12,
+                                   "multi_ref_repeats": {"put": 24, "make": 6}, "interleaved_repeats": 30},
+                        "by_length": True}}
+# A shorter cycle at half the rate: interleaved answers (38%) and thinking pictures (95%) still climbing.
+LLM_PHASES["llm11"] = {**LLM_PHASES["llm10"], "lr": 5e-4,
+                       "family": {**LLM_PHASES["llm10"]["family"], "thinking_repeats": 16,
+                                  "multi_ref_repeats": {"put": 16, "make": 6}}}
 LLM_BATCH = 32
 
 
@@ -100,19 +122,28 @@ STAGE_PARTS = {"tokenizer": {"visual": "mllm.visual", "vqmodel": "mllm.vqmodel"}
 def seed_stages(folder: Path, work: Path, log=print):
     """Fill `work` with stage files taken from a built model folder (e.g. the shipped one), so that `--resume`
     trains only the stages after it: every stage its `training_summary.json` lists is written with the folder's
-    weights (the LLM's earlier cycles all hold its final LLM) and the time that summary recorded."""
+    weights (the LLM's earlier cycles all hold its final LLM) and the time that summary recorded. When the folder's
+    vocabulary has grown (the newer tasks' words), the cycles before the growth hold its LLM without the new rows."""
+    import copy
+
     from diffusers_llada_uni import LLaDA2UniPipeline
 
     pipe = LLaDA2UniPipeline.from_pretrained(folder)
     summary = json.loads((folder / "training_summary.json").read_text())
     done = [name for name in STAGES if name in summary["timings_s"]]
-    if pipe.mllm.config.image_token_offset != len(build_tokenizer(VOCABULARY)):
-        raise SystemExit(f"error: {folder} has a grown vocabulary; seed from a folder built before llm7")
+    base_vocabulary = len(build_tokenizer(VOCABULARY))
+    before_growth = pipe.mllm
+    if pipe.mllm.config.image_token_offset != base_vocabulary:
+        before_growth = copy.deepcopy(pipe.mllm)
+        before_growth.resize_token_embeddings(base_vocabulary + before_growth.config.codebook_size)
+    first_grown = STAGES.index(next(name for name, phase in LLM_PHASES.items() if "family" in phase))
     work.mkdir(parents=True, exist_ok=True)
     for name in done:
-        parts = STAGE_PARTS.get(name, {"model": "mllm"})
         state = {}
-        for key, path in parts.items():
+        for key, path in STAGE_PARTS.get(name, {"model": "mllm"}).items():
+            if key == "model" and STAGES.index(name) < first_grown:
+                state[key] = before_growth.state_dict()
+                continue
             module = pipe
             for attribute in path.split("."):
                 module = getattr(module, attribute)
@@ -122,10 +153,13 @@ def seed_stages(folder: Path, work: Path, log=print):
     log(f"seeded {work} with stages {done} from {folder}")
 
 
-STAGES = ("tokenizer", "vae", "decoder", "turbo", "llm", "llm2", "llm3", "llm4", "llm5", "llm6", "llm7", "llm8")
+STAGES = ("tokenizer", "vae", "decoder", "turbo", "llm", "llm2", "llm3", "llm4", "llm5", "llm6", "llm7", "llm8",
+          "llm9", "llm10", "llm11")
 NEEDS = {"tokenizer": (), "vae": (), "decoder": ("tokenizer", "vae"), "turbo": ("vae", "decoder"), "llm": ("tokenizer",),
          "llm2": ("llm",), "llm3": ("llm2",), "llm4": ("llm3",), "llm5": ("llm4",), "llm6": ("llm5", "turbo"),
-         "llm7": ("llm6", "turbo"), "llm8": ("llm7", "turbo")}
+         "llm7": ("llm6", "turbo"), "llm8": ("llm7", "turbo"),
+         "llm9": ("llm8", "turbo"), "llm10": ("llm9", "turbo"),
+         "llm11": ("llm10", "turbo")}
 
 
 class Stages:
