@@ -14,10 +14,9 @@ pairs of held-out scenes): thinking text-to-image (`thinking_t2i`: all three att
 the plan text and the picture agree), `two_image_understanding`, `multi_ref_editing` (and its two kinds apart,
 `multi_ref_put` and `multi_ref_recolour`), `interleaved` (every text and image segment right, in order; with
 `interleaved_structure`, the share whose form is right) and `counting` (and `counting_one_shape`); `--no-family`
-skips them. The last line is one JSON object with
-`t2i_color`, `t2i_shape`, `t2i_position`, `understanding`, `editing` and `tpf_0.9` (and `sprint`, the settings, with
---sprint), the newer tasks' scores, then `tpf_0.95`, `tpf_0.7`, `dtype` and `block_cache` (and `vision_dtype` with
---vision-float32).
+skips them. The last line is one JSON object with `t2i_color`, `t2i_shape`, `t2i_position`, `understanding`,
+`editing` and `tpf_0.9` (and `sprint`, the settings, with --sprint), the newer tasks' scores, then `tpf_0.95`,
+`tpf_0.7`, `dtype` and `block_cache` (and `vision_dtype` with --vision-float32).
 
 `--dtype` loads every component of the pipeline (the LLM, its vision tokenizer, the semantic embedder, the Z-Image
 transformer and the VAE) in that dtype; `--no-block-cache` sets `use_block_cache=False` in the LLM's generation

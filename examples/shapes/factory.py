@@ -64,8 +64,9 @@ def build_tokenizer(words) -> PreTrainedTokenizerFast:
 # 33% done at 4.0, 46% at 2.0, 48% at 1.0, i.e. without guidance).
 EDIT_CFG = 1.0
 # Text-to-image CFG (also the image phase of thinking and the pictures of interleaved answers). The release's 2.0 was
-# best for the early cycles; for the `llm10` model text-to-image is the same at 1.0 and 2.0 (279 held-out captions),
-# thinking pictures 0.946 against 0.935 and interleaved answers 0.380 against 0.186, at half the forwards.
+# best for the early cycles; for the `llm10` / `llm11` models text-to-image is the same at 1.0 and 2.0 (279 held-out
+# captions), thinking pictures 0.946 / 0.953 against 0.935 / 0.950 and interleaved answers 0.380 / 0.452 against
+# 0.186 / 0.244, at half the forwards (docs/shapes.md, "Guidance").
 T2I_CFG = 1.0
 
 

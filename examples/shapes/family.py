@@ -74,8 +74,8 @@ def family_rows(cases_, codes_of, *, seed=0, uncondition_rate=0.1, thinking_repe
     """Collator rows of `cases(...)`; `codes_of(scene)` gives a scene's code grid dict. `pair_repeats`: copies per
     two-picture question by its first word (default `PAIR_REPEATS`: "Which picture has ...?" questions are many, the
     yes / no and "Where did ... move to?" ones few). `counting_repeats`: copies of "How many shapes are there?" for
-    one-shape and two-shape scenes (one-shape scenes are 5% of the world, and the model answered "two" too often). `multi_ref_repeats` may also be a
-dict by the instruction's first word ("put" / "make")."""
+    one-shape and two-shape scenes (one-shape scenes are 5% of the world, and the model answered "two" too often).
+    `multi_ref_repeats` may also be a dict by the instruction's first word ("put" / "make")."""
     pair_repeats = PAIR_REPEATS if pair_repeats is None else pair_repeats
     rng = random.Random(f"family-rows/{seed}")
     rows = []
