@@ -73,11 +73,12 @@ def test_seeding_from_the_shipped_model_rebuilds_it(tmp_path):
     # A cycle before the vocabulary grew holds the final LLM without the new words' rows.
     first_grown = next(name for name, phase in LLM_PHASES.items() if "family" in phase)
     earlier = STAGES[STAGES.index(first_grown) - 1]
-    rows = {name: torch.load(work / f"{name}.pt", weights_only=True)["state"]["model"] for name in (earlier, first_grown)}
+    rows = {name: torch.load(work / f"{name}.pt", weights_only=True)["state"]["model"]
+            for name in (earlier, first_grown)}
     offset = json.loads((shipped / "config.json").read_text())["image_token_offset"]  # the grown text vocabulary
+    base = len(build_tokenizer(VOCABULARY))
     for key in ("model.word_embeddings.weight", "lm_head.weight"):
         codebook = rows[first_grown][key].shape[0] - offset
-        base = len(build_tokenizer(VOCABULARY))
         assert rows[earlier][key].shape[0] == base + codebook
         assert rows[first_grown][key].shape[0] == base + len(EXTRA_WORDS) + codebook
         assert torch.equal(rows[earlier][key][:base], rows[first_grown][key][:base])

@@ -54,8 +54,9 @@ FULL = {"tokenizer": 1500, "vae": 800, "decoder": 4500, "turbo": 1000, "llm": 40
         "llm4": 2500, "llm5": 2500, "llm6": 2500, "llm7": 3000,
         "llm8": 3000, "llm9": 3000, "llm10": 4200, "llm11": 2000}
 QUICK = {name: 5 for name in FULL}
-# The LLM first trains in six cosine cycles (warm restarts, the rate falling to 5e-4). Flat weighting throughout: the ELBO's
-# 1/t weights make a one-token answer masked at small t count up to 20x, a noisy signal for the understanding rows.
+# The LLM first trains in six cosine cycles (warm restarts, the rate falling to 5e-4). Flat weighting throughout: the
+# ELBO's 1/t weights make a one-token answer masked at small t count up to 20x, a noisy signal for the understanding
+# rows.
 # From the second cycle on, complementary masks (every supervised token predicted once per pair of rows). From the
 # fourth, more copies of what the model still gets wrong most: questions that name a place, and edits (and captions
 # again, which the fourth cycle's mix had made rarer). The last also gives 40% of the question and edit rows the
@@ -153,13 +154,13 @@ def seed_stages(folder: Path, work: Path, log=print):
     log(f"seeded {work} with stages {done} from {folder}")
 
 
-STAGES = ("tokenizer", "vae", "decoder", "turbo", "llm", "llm2", "llm3", "llm4", "llm5", "llm6", "llm7", "llm8",
-          "llm9", "llm10", "llm11")
-NEEDS = {"tokenizer": (), "vae": (), "decoder": ("tokenizer", "vae"), "turbo": ("vae", "decoder"), "llm": ("tokenizer",),
-         "llm2": ("llm",), "llm3": ("llm2",), "llm4": ("llm3",), "llm5": ("llm4",), "llm6": ("llm5", "turbo"),
-         "llm7": ("llm6", "turbo"), "llm8": ("llm7", "turbo"),
-         "llm9": ("llm8", "turbo"), "llm10": ("llm9", "turbo"),
-         "llm11": ("llm10", "turbo")}
+STAGES = ("tokenizer", "vae", "decoder", "turbo", *LLM_PHASES)
+# Each LLM cycle starts from the one before it; a cycle whose rows hold round-tripped sources also needs the turbo
+# decoder (`roundtrip.py` draws the training scenes with it).
+NEEDS = {"tokenizer": (), "vae": (), "decoder": ("tokenizer", "vae"), "turbo": ("vae", "decoder"),
+         "llm": ("tokenizer",)}
+for _before, _cycle in zip(LLM_PHASES, list(LLM_PHASES)[1:]):
+    NEEDS[_cycle] = (_before, "turbo") if LLM_PHASES[_cycle].get("rows", {}).get("roundtrip_rate") else (_before,)
 
 
 class Stages:
