@@ -24,11 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .generation_config_llada2_uni import INVALID_SIZE_MODES, TEXT_ORDERS
 from .generation_llada2_uni import guide_logits
 
 _HEADER = 4  # <|image|> h w <boi>
-INVALID_SIZE_MODES = ("clamp", "error")
-TEXT_ORDERS = ("frontier", "parallel")
 
 
 @dataclass

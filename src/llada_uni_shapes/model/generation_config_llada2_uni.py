@@ -72,6 +72,10 @@ IMAGE_FIELDS = ("image_steps", "image_height", "image_width", "pixels_per_token"
                 "edit_guidance_scale", "image_guidance_scale", "restrict_to_image_vocab", "thinking_max_new_tokens",
                 "max_grid", "invalid_size", "interleaved_text")
 SPECIAL_IDS = ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id")
+# The values of interleaved generation's two choice fields (the grammar, `generation_interleaved_llada2_uni.py`, reads
+# them from here).
+INVALID_SIZE_MODES = ("clamp", "error")
+TEXT_ORDERS = ("frontier", "parallel")
 GENERATION_MODES = ("text", "image", "thinking", "interleaved")
 # transformers options with no meaning for block diffusion, with the value that means "off".
 UNSUPPORTED = {
@@ -314,9 +318,9 @@ def _check_fields(config, vocab_size, max_positions):
     top_k = value_of("top_k")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
         raise ValueError(f"`top_k` must be None or an integer >= 0, got {top_k!r}.")
-    if value_of("interleaved_text") not in (None, "frontier", "parallel"):
+    if value_of("interleaved_text") not in (None, *TEXT_ORDERS):
         raise ValueError(f"`interleaved_text` must be 'frontier' or 'parallel', got {value_of('interleaved_text')!r}.")
-    if value_of("invalid_size") not in (None, "clamp", "error"):
+    if value_of("invalid_size") not in (None, *INVALID_SIZE_MODES):
         raise ValueError(f"`invalid_size` must be 'clamp' or 'error', got {value_of('invalid_size')!r}.")
     mode = value_of("generation_mode")
     if mode is not None and mode not in GENERATION_MODES:
