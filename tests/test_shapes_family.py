@@ -94,6 +94,22 @@ def test_cases_pair_scenes_within_the_given_split_and_are_deterministic():
     assert {answer for _, answer in drawn["counting"]} == {"one", "two"}
 
 
+def test_more_interleaved_scripts_per_scene_leave_every_other_case_as_it_was():
+    scenes = split_scenes()["test"][:40]
+    one, several = cases(scenes, seed=0), cases(scenes, seed=0, interleaved_per_scene=4)
+    assert all(one[task] == several[task] for task in one if task != "interleaved")
+    by_scene = {}
+    for scene, prompt, segments in several["interleaved"]:
+        by_scene.setdefault(scene, []).append((scene, prompt, segments))
+    # The first script of each scene is the one drawn alone; the others each change the scene another way.
+    assert [scripts[0] for scripts in by_scene.values()] == one["interleaved"]
+    for scene, scripts in by_scene.items():
+        assert 1 < len(scripts) <= 4
+        assert len({segments[2] for *_, segments in scripts}) == len(scripts)
+        assert all(segments[:2] == [segments[0], scene] and segments[3] != scene for *_, segments in scripts)
+    assert sum(len(scripts) for scripts in by_scene.values()) > 3 * len(by_scene)
+
+
 @pytest.fixture(scope="module")
 def grown():
     tokenizer = build_tokenizer(VOCABULARY)

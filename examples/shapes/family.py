@@ -21,14 +21,16 @@ def _partner(scenes, singles, rng, single_share):
     return rng.choice(singles) if singles and rng.random() < single_share else rng.choice(scenes)
 
 
-def cases(scenes, seed=0, *, pairs_per_scene=2, single_pairs=8):
+def cases(scenes, seed=0, *, pairs_per_scene=2, single_pairs=8, interleaved_per_scene=1):
     """{"pairs": [(first, second, question, answer)], "multi_ref": [(first, second, instruction, target)],
     "interleaved": [(scene, prompt, segments)], "thinking": [scene], "counting": [(scene, answer)]} over `scenes`.
 
     Each scene gets `pairs_per_scene` random partners (half of them one-shape scenes, so "put ... into the second
     picture" has room), one moved copy of itself ("Where did ... move to?"), and each one-shape scene
-    `single_pairs` one-shape partners that share its colour or shape half of the time (balanced yes / no)."""
-    rng = random.Random(f"family/{seed}")
+    `single_pairs` one-shape partners that share its colour or shape half of the time (balanced yes / no).
+    `interleaved_per_scene`: up to that many interleaved scripts per scene, each with its own change. The first is
+    drawn as with 1; the others come from a generator of their own, so every other case stays what it was."""
+    rng, more_scripts = random.Random(f"family/{seed}"), random.Random(f"family/{seed}/interleaved")
     scenes = list(scenes)
     singles = [s for s in scenes if len(s.shapes) == 1]
     out = {"pairs": [], "multi_ref": [], "interleaved": [], "thinking": list(scenes), "counting": []}
@@ -57,7 +59,21 @@ def cases(scenes, seed=0, *, pairs_per_scene=2, single_pairs=8):
                                      if q.startswith("Are")]
         script = interleaved_script(scene, rng)
         if script is not None:
-            out["interleaved"].append((scene, *script))
+            out["interleaved"] += [(scene, *one) for one in _more(script, interleaved_per_scene,
+                                                                  lambda: interleaved_script(scene, more_scripts))]
+    return out
+
+
+def _more(first, count, draw, tries=4):
+    """`first` and up to `count - 1` more `draw()`s whose change (the third segment) differs from those before."""
+    out, seen = [first], {first[1][2]}
+    for _ in range(tries * (count - 1)):
+        if len(out) == count:
+            break
+        script = draw()
+        if script[1][2] not in seen:
+            out.append(script)
+            seen.add(script[1][2])
     return out
 
 
