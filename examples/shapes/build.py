@@ -273,7 +273,8 @@ def build(out: Path, *, quick=False, seed=0, threads=None, work=None, stages=STA
             mix["roundtrip_of"] = roundtrip().__getitem__
         rows = task_rows(train, lambda scene: codes()[scene], seed=phase_seed, **mix)
         if family is not None:
-            rows += family_rows(cases(train, seed, **(draws or {})), lambda scene: codes()[scene], seed=phase_seed, **family)
+            drawn = cases(train, seed, **(draws or {}))
+            rows += family_rows(drawn, lambda scene: codes()[scene], seed=phase_seed, **family)
             random.Random(phase_seed).shuffle(rows)
         log(f"{phase}: {len(rows)} rows")
         return {"losses": train_llm(model, processor, rows, run.work / "trainer", steps=steps[phase],

@@ -5,6 +5,7 @@ cases into collator rows; `benchmarks/eval_shapes.py` scores a model on the test
 """
 
 import random
+from functools import partial
 
 from examples.shapes.world import (
     caption,
@@ -59,8 +60,8 @@ def cases(scenes, seed=0, *, pairs_per_scene=2, single_pairs=8, interleaved_per_
                                      if q.startswith("Are")]
         script = interleaved_script(scene, rng)
         if script is not None:
-            out["interleaved"] += [(scene, *one) for one in _more(script, interleaved_per_scene,
-                                                                  lambda: interleaved_script(scene, more_scripts))]
+            others = partial(interleaved_script, scene, more_scripts)
+            out["interleaved"] += [(scene, *one) for one in _more(script, interleaved_per_scene, others)]
     return out
 
 
