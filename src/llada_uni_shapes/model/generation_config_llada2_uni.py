@@ -283,6 +283,11 @@ def _fit_length(config, explicit, name, prompt_length, limit, reserve):
     return left
 
 
+def _either(values) -> str:
+    """'a' or 'b' (the accepted values of a choice field, for its error message)."""
+    return " or ".join(repr(value) for value in values)
+
+
 def _check_fields(config, vocab_size, max_positions):
     """Unset fields (None or absent) are not checked: they take their defaults, which are valid."""
 
@@ -319,9 +324,9 @@ def _check_fields(config, vocab_size, max_positions):
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
         raise ValueError(f"`top_k` must be None or an integer >= 0, got {top_k!r}.")
     if value_of("interleaved_text") not in (None, *TEXT_ORDERS):
-        raise ValueError(f"`interleaved_text` must be 'frontier' or 'parallel', got {value_of('interleaved_text')!r}.")
+        raise ValueError(f"`interleaved_text` must be {_either(TEXT_ORDERS)}, got {value_of('interleaved_text')!r}.")
     if value_of("invalid_size") not in (None, *INVALID_SIZE_MODES):
-        raise ValueError(f"`invalid_size` must be 'clamp' or 'error', got {value_of('invalid_size')!r}.")
+        raise ValueError(f"`invalid_size` must be {_either(INVALID_SIZE_MODES)}, got {value_of('invalid_size')!r}.")
     mode = value_of("generation_mode")
     if mode is not None and mode not in GENERATION_MODES:
         raise ValueError(f"`generation_mode` must be one of {GENERATION_MODES} or None, got {mode!r}.")
