@@ -60,7 +60,7 @@ QUICK = {name: 5 for name in FULL}
 # From the second cycle on, complementary masks (every supervised token predicted once per pair of rows). From the
 # fourth, more copies of what the model still gets wrong most: questions that name a place, and edits (and captions
 # again, which the fourth cycle's mix had made rarer). The last also gives 40% of the question and edit rows the
-# model's own drawing as their source (`roundtrip.py`), so it answers about and edits what it drew. Cycles 7-11 add
+# model's own drawing as their source (`roundtrip.py`), so it answers about and edits what it drew. Cycles 7-14 add
 # the family's other tasks (`family.py`), every earlier row still in the mix.
 FLAT = {"mask_ratio_min": 0.05, "mask_ratio_max": 1.0, "loss_weighting": "none"}
 PAIRED = {**FLAT, "complementary_masking": True}
